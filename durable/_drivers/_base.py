@@ -1,0 +1,265 @@
+"""The driver protocol: sorted byte keys, atomic batches, alarms and wake-ups.
+
+A driver is the only thing that touches storage. It sees bytes only: no key schema,
+no codec, no clock. What it must guarantee (``durable.testing.check_driver`` checks it):
+
+* ``list_prefix``/``list_range`` return items in bytewise key order;
+* ``write`` applies a `Batch` atomically and in order: after a crash either every op of
+  the batch is visible or none is;
+* alarms (one optional wake time per workflow id) change only through batches, in the
+  same atomic write as the history that explains them;
+* a ``notify`` op wakes every `Subscription` of that workflow id taken out before the
+  write committed (a wake-up is never lost between a check and a wait).
+
+Keys starting with ``0xFF`` are reserved for drivers' own bookkeeping (the engine's
+keys never start with it), and are never returned by ``list_prefix``/``list_range``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import anyio
+import attrs
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+DEFAULT_POLL_INTERVAL: Final = 1.0
+"""Seconds; waits shorter than a driver's poll interval happen in memory."""
+
+RESERVED_PREFIX: Final = b"\xff"
+
+# Batch op codes; ops are plain tuples because the W1 hot path builds one per write.
+PUT: Final = 0
+DELETE: Final = 1
+DELETE_RANGE: Final = 2
+SET_ALARM: Final = 3
+CLEAR_ALARM: Final = 4
+NOTIFY: Final = 5
+
+
+@attrs.frozen
+class Alarm:
+    """A workflow's wake time, as stored by a driver."""
+
+    workflow_id: str
+    at: float  # epoch seconds
+
+
+@attrs.define
+class Batch:
+    """Writes that a driver applies atomically, in the order they were added.
+
+    The ops are tuples ``(code, a, b)``; drivers read them through `Batch.ops`.
+    """
+
+    # (code, key or workflow id, value or end or time): Any keeps drivers' loops cheap
+    ops: list[tuple[int, Any, Any]] = attrs.field(factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Set *key* to *value*."""
+        self.ops.append((PUT, key, value))
+
+    def delete(self, key: bytes) -> None:
+        """Remove *key* if it exists."""
+        self.ops.append((DELETE, key, None))
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        """Remove every key ``k`` with ``start <= k < end``."""
+        self.ops.append((DELETE_RANGE, start, end))
+
+    def delete_prefix(self, prefix: bytes) -> None:
+        """Remove every key that starts with *prefix*."""
+        self.ops.append((DELETE_RANGE, prefix, prefix_end(prefix)))
+
+    def set_alarm(self, workflow_id: str, at: float) -> None:
+        """Set (or move) the workflow's alarm to *at* epoch seconds."""
+        self.ops.append((SET_ALARM, workflow_id, float(at)))
+
+    def clear_alarm(self, workflow_id: str) -> None:
+        """Remove the workflow's alarm if it has one."""
+        self.ops.append((CLEAR_ALARM, workflow_id, None))
+
+    def notify(self, workflow_id: str) -> None:
+        """Wake the workflow's subscribers once this batch has committed."""
+        self.ops.append((NOTIFY, workflow_id, None))
+
+    def extend(self, other: Batch) -> None:
+        """Append every op of *other*, keeping their order."""
+        self.ops.extend(other.ops)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest byte string greater than every string that starts with *prefix*."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return RESERVED_PREFIX  # everything the engine may use sorts below it
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+class Subscription:
+    """Wake-ups for one workflow id; ``wait()`` returns once a notify arrived.
+
+    A notify that lands between taking the subscription and calling ``wait()`` is kept,
+    so check-then-wait loops never miss one.
+    """
+
+    def __init__(self, notifier: LocalNotifier, workflow_id: str) -> None:
+        self._notifier = notifier
+        self._workflow_id = workflow_id
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        """Mark the subscription notified (called by the driver)."""
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Wait for the next notify, then re-arm."""
+        await self._event.wait()
+        self._event = anyio.Event()
+
+    def close(self) -> None:
+        """Stop receiving wake-ups."""
+        self._notifier.unsubscribe(self._workflow_id, self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LocalNotifier:
+    """In-process fan-out of ``notify`` ops, for drivers whose writers share a process."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, workflow_id: str) -> Subscription:
+        """Return a new subscription to *workflow_id*'s wake-ups."""
+        subscription = Subscription(self, workflow_id)
+        self._subscribers.setdefault(workflow_id, set()).add(subscription)
+        return subscription
+
+    def unsubscribe(self, workflow_id: str, subscription: Subscription) -> None:
+        """Forget *subscription*."""
+        subscribers = self._subscribers.get(workflow_id)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[workflow_id]
+
+    def notify_batch(self, batch: Batch) -> None:
+        """Deliver the ``notify`` ops of a committed batch."""
+        if not self._subscribers:
+            return
+        for code, workflow_id, _ in batch.ops:
+            if code == NOTIFY:
+                for subscription in self._subscribers.get(workflow_id, ()):
+                    subscription.set()
+
+
+class Driver(ABC):
+    """A sorted key-value store with atomic batches, alarms and wake-ups.
+
+    Subclasses implement the abstract methods; everything else is built on them.
+    Drivers are async context managers; leaving the block closes the driver.
+    """
+
+    poll_interval: float
+    """Seconds; waits shorter than this happen in memory, longer ones yield."""
+
+    def __init__(self, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> None:
+        if not poll_interval > 0:
+            raise ValueError(
+                f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+            )
+        self.poll_interval = float(poll_interval)
+
+    @abstractmethod
+    async def get(self, key: bytes) -> bytes | None:
+        """Return the value at *key*, or ``None``."""
+
+    @abstractmethod
+    async def list_range(
+        self,
+        start: bytes,
+        end: bytes,
+        *,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Return ``(key, value)`` pairs with ``start <= key < end`` in key order.
+
+        With ``reverse=True`` the order is descending; ``limit`` caps the count.
+        """
+
+    @abstractmethod
+    async def write(self, batch: Batch) -> None:
+        """Apply every op of *batch* atomically, then deliver its notifies."""
+
+    @abstractmethod
+    async def get_alarm(self, workflow_id: str) -> float | None:
+        """Return the workflow's alarm time, or ``None``."""
+
+    @abstractmethod
+    async def list_alarms(
+        self, *, until: float | None = None, limit: int | None = None
+    ) -> list[Alarm]:
+        """Return alarms due at or before *until* (all when ``None``), earliest first."""
+
+    @abstractmethod
+    def subscribe(self, workflow_id: str) -> Subscription:
+        """Take out a subscription to the workflow's ``notify`` ops."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the store; the driver cannot be used afterwards."""
+
+    async def list_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Return every ``(key, value)`` whose key starts with *prefix*, in key order."""
+        return await self.list_range(prefix, prefix_end(prefix))
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        """Set one key (a one-op batch)."""
+        batch = Batch()
+        batch.put(key, value)
+        await self.write(batch)
+
+    async def delete(self, key: bytes) -> None:
+        """Delete one key (a one-op batch)."""
+        batch = Batch()
+        batch.delete(key)
+        await self.write(batch)
+
+    async def delete_prefix(self, prefix: bytes) -> None:
+        """Delete every key that starts with *prefix*."""
+        batch = Batch()
+        batch.delete_prefix(prefix)
+        await self.write(batch)
+
+    async def delete_range(self, start: bytes, end: bytes) -> None:
+        """Delete every key ``k`` with ``start <= k < end``."""
+        batch = Batch()
+        batch.delete_range(start, end)
+        await self.write(batch)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()

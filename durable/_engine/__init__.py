@@ -1,0 +1,1 @@
+"""The replay engine: runs a workflow function against its history."""

@@ -1,0 +1,360 @@
+"""One run of a workflow: load (one range scan) → execute → flush; live and yield modes.
+
+A run continues the same coroutine for the workflow's whole life in this process: in
+live mode it waits in memory and never replays in-process; in yield mode it stops at
+the first long wait and a later run replays the history to get back there.
+
+Rules:
+* `Run.flush` is the only writer of history; every durable point passes through it,
+  under one lock, so a cancel that took the lock first always wins.
+* Writes accumulate in `Run.pending` (ephemeral steps, names, sleeps) and reach the
+  store with the next flush as one atomic batch.
+* One run per workflow id per driver at a time in this process (`WorkflowBusyError`).
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import anyio
+import anyio.lowlevel
+
+from .._codec import load_value, store_value
+from .._drivers import Batch, Driver
+from .._errors import (
+    EntryInProgressError,
+    EvictedError,
+    HistoryDivergedError,
+    StorageError,
+    WorkflowBusyError,
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowFailedError,
+)
+from .._history import Entry, History, WorkflowMeta
+from .._layout import WorkflowKeys
+from .._types import StepErrorEvent, WorkflowErrorEvent, WorkflowResult, WorkflowState
+from ._scope import Scope
+from ._signals import Evicted, Suspend
+
+if TYPE_CHECKING:
+    from .._clock import Clock
+    from ._context import WorkflowContext
+
+Mode: TypeAlias = Literal["live", "yield"]
+ErrorEvent: TypeAlias = StepErrorEvent | WorkflowErrorEvent
+ErrorHook: TypeAlias = Callable[[ErrorEvent], object]
+WorkflowFn: TypeAlias = Callable[["WorkflowContext", object], Awaitable[object]]
+
+_ACTIVE: weakref.WeakKeyDictionary[Driver, dict[str, Run]] = weakref.WeakKeyDictionary()
+
+
+def active_run(driver: Driver, workflow_id: str) -> Run | None:
+    """The run of *workflow_id* on *driver* in this process, if one is going on."""
+    runs = _ACTIVE.get(driver)
+    return None if runs is None else runs.get(workflow_id)
+
+
+def describe_exception(exc: BaseException) -> WorkflowError:
+    """Turn an exception into its storable description."""
+    return WorkflowError(
+        type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)).rstrip()
+    )
+
+
+class Run:
+    """Executes one workflow function against its history (see the module docs)."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        fn: WorkflowFn,
+        input: object,
+        driver: Driver,
+        *,
+        mode: Mode,
+        clock: Clock,
+        on_error: ErrorHook | None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.fn = fn
+        self.input = input
+        self.driver = driver
+        self.mode = mode
+        self.clock = clock
+        self.on_error = on_error
+        self.poll_interval = driver.poll_interval
+        self.history = History(workflow_id, WorkflowKeys(workflow_id))
+        self.pending = Batch()
+        self.evict_requested = False
+        self.cancelled = False
+        self.started = anyio.Event()  # set once the run holds the workflow
+        self._meta: WorkflowMeta | None = None
+        self._flush_lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self._cancel_scope = anyio.CancelScope()
+
+    # --- the run ------------------------------------------------------------------
+
+    async def execute(self) -> WorkflowResult:
+        """Run the workflow until it completes, fails or (yield mode) must wait.
+
+        Raises:
+            WorkflowFailedError, WorkflowCancelledError, EvictedError,
+            HistoryDivergedError, EntryInProgressError, WorkflowBusyError, StorageError.
+        """
+        runs = _ACTIVE.setdefault(self.driver, {})
+        if self.workflow_id in runs:
+            raise WorkflowBusyError(self.workflow_id)
+        runs[self.workflow_id] = self
+        try:
+            return await self._execute()
+        finally:
+            del runs[self.workflow_id]
+            self.started.set()
+
+    async def _execute(self) -> WorkflowResult:
+        from ._context import WorkflowContext  # the façade sits above the run
+
+        self.history = history = await History.load(self.driver, self.workflow_id)
+        now = self.clock.now()
+        meta = history.meta
+        if meta is None:
+            data, input_value = store_value(
+                self.input, f"the input of workflow {self.workflow_id!r}"
+            )
+            self.pending.put(history.keys.input, data)
+            meta = WorkflowMeta(WorkflowState.RUNNING, created_at=now, updated_at=now)
+        else:
+            if meta.state == WorkflowState.CANCELLED:
+                raise WorkflowCancelledError(self.workflow_id)
+            if meta.state == WorkflowState.COMPLETED:
+                return WorkflowResult(
+                    WorkflowState.COMPLETED, self._decode_output(meta)
+                )
+            if meta.state == WorkflowState.FAILED:
+                raise WorkflowFailedError(
+                    self.workflow_id, meta.error or _UNKNOWN_ERROR
+                )
+            input_value = (
+                None
+                if history.input is None
+                else load_value(history.input, history.keys.input)
+            )
+        self._meta = meta
+        self._set_state(
+            WorkflowState.RUNNING, alarm=now
+        )  # a crash leaves the workflow due
+        self.started.set()
+        root = Scope(self, b"")
+        try:
+            with self._cancel_scope:
+                try:
+                    output = await self.fn(WorkflowContext(root), input_value)
+                    root.end()
+                except Suspend as suspend:
+                    return await self._suspend(suspend)
+                except Evicted as evicted:
+                    await self._evicted(evicted)
+                    raise EvictedError(self.workflow_id) from None
+                except (HistoryDivergedError, EntryInProgressError, StorageError):
+                    self.pending = Batch()  # leave the stored history as it was
+                    raise
+                except Exception as exc:
+                    return await self._fail(exc)
+                else:
+                    return await self._complete(output)
+        finally:
+            root.abandon()
+        # only reached when the cancel scope swallowed a cancellation
+        raise WorkflowCancelledError(self.workflow_id)
+
+    def _decode_output(self, meta: WorkflowMeta) -> object:
+        if meta.output is None:
+            return None
+        return load_value(meta.output, self.history.keys.meta)
+
+    async def _complete(self, output: object) -> WorkflowResult:
+        try:
+            data, value = store_value(
+                output, f"the output of workflow {self.workflow_id!r}"
+            )
+        except TypeError as exc:
+            return await self._fail(exc)
+        meta = self._require_meta()
+        meta.output = data
+        self._set_state(WorkflowState.COMPLETED, alarm=None)
+        await self.flush()
+        return WorkflowResult(WorkflowState.COMPLETED, value)
+
+    async def _fail(self, exc: Exception) -> WorkflowResult:
+        error = describe_exception(exc)
+        self._require_meta().error = error
+        self._set_state(WorkflowState.FAILED, alarm=None)
+        await self.flush()
+        await self.report(WorkflowErrorEvent(self.workflow_id, error))
+        raise WorkflowFailedError(self.workflow_id, error) from exc
+
+    async def _suspend(self, suspend: Suspend) -> WorkflowResult:
+        self._set_state(
+            WorkflowState.SLEEPING,
+            alarm=suspend.until,
+            until=suspend.until,
+            waiting_for=suspend.waiting_for,
+        )
+        await self.flush()
+        return WorkflowResult(
+            WorkflowState.SLEEPING, None, suspend.until, suspend.waiting_for
+        )
+
+    async def _evicted(self, evicted: Evicted) -> None:
+        with anyio.CancelScope(shield=True):
+            if evicted.until is not None or evicted.waiting_for is not None:
+                self._set_state(
+                    WorkflowState.SLEEPING,
+                    alarm=evicted.until,
+                    until=evicted.until,
+                    waiting_for=evicted.waiting_for,
+                )
+            else:
+                self._set_state(WorkflowState.PENDING, alarm=self.clock.now())
+            await self.flush()
+
+    # --- writes -------------------------------------------------------------------
+
+    def record(self, entry: Entry) -> None:
+        """Queue *entry*'s data and metadata for the next flush."""
+        keys = self.history.keys
+        self.pending.put(keys.entry + entry.location, entry.data_record())
+        self.pending.put(keys.entry_meta + entry.location, entry.meta_record())
+
+    async def flush(self) -> None:
+        """Write everything pending as one atomic batch: a durable point."""
+        if not self.pending:
+            return
+        async with self._flush_lock:
+            if self.cancelled:
+                self.pending = Batch()  # cancel won: nothing more is recorded
+            else:
+                batch, self.pending = self.pending, Batch()
+                try:
+                    await self.driver.write(batch)
+                except BaseException:
+                    batch.extend(self.pending)
+                    self.pending = batch
+                    raise
+        if self.cancelled:
+            await anyio.lowlevel.checkpoint()  # delivers the run's cancellation
+
+    def _require_meta(self) -> WorkflowMeta:
+        if self._meta is None:
+            raise RuntimeError("the run has not loaded its workflow yet")
+        return self._meta
+
+    def _set_state(
+        self,
+        state: WorkflowState,
+        *,
+        alarm: float | None,
+        until: float | None = None,
+        waiting_for: tuple[str, ...] | None = None,
+    ) -> None:
+        meta = self._require_meta()
+        meta.state = state
+        meta.updated_at = self.clock.now()
+        meta.sleep_until = until
+        meta.waiting_for = None if waiting_for is None else list(waiting_for)
+        self.pending.put(self.history.keys.meta, meta.to_bytes())
+        if alarm is None:
+            self.pending.clear_alarm(self.workflow_id)
+        else:
+            self.pending.set_alarm(self.workflow_id, alarm)
+
+    async def cancel(self) -> None:
+        """Cancel durably (cancel wins over any later write of this run), then stop it."""
+        async with self._flush_lock:
+            self.cancelled = True
+            meta = self._meta
+            batch = Batch()
+            if meta is not None:
+                meta.state = WorkflowState.CANCELLED
+                meta.updated_at = self.clock.now()
+                batch.put(self.history.keys.meta, meta.to_bytes())
+                batch.clear_alarm(self.workflow_id)
+                await self.driver.write(batch)
+        self._cancel_scope.cancel()
+        return
+
+    # --- waiting ------------------------------------------------------------------
+
+    def evict(self) -> None:
+        """Ask the run to stop at its next durable point."""
+        self.evict_requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Make every in-memory wait re-check its condition now."""
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def wait(
+        self, deadline: float | None, waiting_for: tuple[str, ...] | None = None
+    ) -> None:
+        """Wait durably until *deadline* (epoch s): in memory, or by yielding.
+
+        Short waits (below the driver's poll interval) stay in memory; longer ones
+        yield in yield mode, and in live mode record the alarm and wait in memory.
+        """
+        if deadline is not None and deadline - self.clock.now() < self.poll_interval:
+            await self._wait_in_memory(deadline, waiting_for)
+            return
+        if self.mode == "yield":
+            raise Suspend(deadline, waiting_for)
+        self._set_state(
+            WorkflowState.SLEEPING,
+            alarm=deadline,
+            until=deadline,
+            waiting_for=waiting_for,
+        )
+        await self.flush()
+        await self._wait_in_memory(deadline, waiting_for)
+        self._set_state(WorkflowState.RUNNING, alarm=self.clock.now())
+
+    async def _wait_in_memory(
+        self, deadline: float | None, waiting_for: tuple[str, ...] | None
+    ) -> None:
+        clock = self.clock
+        while deadline is None or clock.now() < deadline:
+            if self.evict_requested:
+                raise Evicted(deadline, waiting_for)
+            wake = self._wake
+            async with anyio.create_task_group() as tg:
+                if deadline is not None:
+                    tg.start_soon(_set_at, clock, deadline, wake)
+                await wake.wait()
+                tg.cancel_scope.cancel()
+            if deadline is None:
+                return
+
+    async def report(self, event: ErrorEvent) -> None:
+        """Call the ``on_error`` hook; its own errors are reported, never raised."""
+        if self.on_error is None:
+            return
+        try:
+            result = self.on_error(event)
+            if isinstance(result, Awaitable):
+                await result
+        except Exception as exc:  # a broken hook must not break the workflow
+            warnings.warn(f"on_error hook raised {exc!r}", RuntimeWarning, stacklevel=1)
+
+
+async def _set_at(clock: Clock, deadline: float, event: anyio.Event) -> None:
+    await clock.sleep_until(deadline)
+    event.set()
+
+
+_UNKNOWN_ERROR = WorkflowError("Error", "the workflow failed with an unrecorded error")

@@ -1,0 +1,145 @@
+"""Scopes: where entries are named, matched against history and checked for divergence.
+
+A scope is the workflow body (later also a branch, a loop iteration or a try block).
+Each context call *begins* an entry in its scope at call time, before it is awaited:
+
+* the k-th call of a scope must match the entry recorded with sequence number k in
+  that scope, by name and kind, or the history has diverged (renamed, reordered,
+  removed or inserted calls are all caught, at every level, the root included);
+* a name is used once per scope;
+* a call made while an earlier call of the scope is not finished is a missing await
+  (`EntryInProgressError`);
+* when a scope ends, every entry recorded in it must have been visited.
+
+Rule: nothing here writes to the store; new names go into the run's pending batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._errors import EntryInProgressError, HistoryDivergedError
+from .._history import Entry
+from .._keys import encode_int
+from ._signals import Evicted
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from ._run import Run
+
+T = TypeVar("T")
+
+
+class Scope:
+    """One naming scope of a run; see the module docs for its rules."""
+
+    __slots__ = ("_counter", "_names", "_pending", "location", "run")
+
+    def __init__(self, run: Run, location: bytes) -> None:
+        self.run = run
+        self.location = location
+        self._counter = 0
+        self._names: set[str] = set()
+        self._pending: tuple[str, Coroutine[Any, Any, Any]] | None = None
+
+    def begin(self, name: str, kind: str) -> tuple[Entry, bool]:
+        """Register a call; return its entry and whether it is new (not replayed).
+
+        Raises:
+            EntryInProgressError: an earlier call of this scope was not awaited.
+            HistoryDivergedError: the call does not match the history.
+        """
+        run = self.run
+        if self._pending is not None:
+            self._refuse_in_progress(f"{kind} {name!r}")
+        if run.evict_requested:
+            raise Evicted
+        if not isinstance(name, str):
+            raise TypeError(f"a {kind} name must be a str, not {type(name).__name__}")
+        history = run.history
+        if name in self._names:
+            raise HistoryDivergedError(
+                run.workflow_id,
+                self.describe(),
+                expected=f"a {kind} named {name!r} already",
+                found=f"a second {kind} named {name!r}",
+                hint="Names must be unique within their scope; rename one of them.",
+            )
+        self._names.add(name)
+        index, new_name = history.intern(name)
+        if new_name:
+            run.pending.put(history.keys.name_key(index), name.encode())
+        location = self.location + encode_int(index)
+        seq = self._counter
+        self._counter = seq + 1
+        recorded = history.by_seq.get((self.location, seq))
+        if recorded is not None:
+            if recorded.location != location or recorded.kind != kind:
+                raise self._diverged(recorded, f"{kind} {name!r}")
+            return recorded, False
+        if not new_name and location in history.entries:
+            raise self._diverged(
+                history.entries[location], f"{kind} {name!r} in another place"
+            )
+        entry = Entry(location, kind, seq, index)
+        history.add(entry)
+        return entry, True
+
+    def track(
+        self, description: str, coro: Coroutine[Any, Any, T]
+    ) -> Coroutine[Any, Any, T]:
+        """Mark *coro* as this scope's call in progress until it finishes."""
+        self._pending = (description, coro)
+        return self._settle(coro)
+
+    async def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await coro
+        finally:
+            self._pending = None
+
+    def end(self) -> None:
+        """Check that the scope finished cleanly: nothing pending, nothing unvisited.
+
+        Raises:
+            EntryInProgressError: a call of this scope was never awaited.
+            HistoryDivergedError: the history holds entries this run did not reach.
+        """
+        if self._pending is not None:
+            self._refuse_in_progress(f"the end of {self.describe()}")
+        history = self.run.history
+        size = history.scope_sizes.get(self.location, 0)
+        for seq in range(self._counter, size):
+            unvisited = history.by_seq.get((self.location, seq))
+            if unvisited is not None:
+                raise self._diverged(unvisited, f"the end of {self.describe()}")
+
+    def abandon(self) -> None:
+        """Close a never-awaited call so Python does not warn about it."""
+        if self._pending is not None:
+            coro = self._pending[1]
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                coro.close()
+            self._pending = None
+
+    def describe(self, location: bytes | None = None) -> str:
+        """A readable path of this scope (or of *location*)."""
+        return self.run.history.describe(
+            self.location if location is None else location
+        )
+
+    def _refuse_in_progress(self, called: str) -> None:
+        description = self._pending[0] if self._pending is not None else "?"
+        self.abandon()
+        raise EntryInProgressError(self.run.workflow_id, description, called)
+
+    def _diverged(self, recorded: Entry, found: str) -> HistoryDivergedError:
+        name = self.run.history.names[recorded.name_index]
+        return HistoryDivergedError(
+            self.run.workflow_id,
+            f"{self.describe()}, call #{recorded.seq + 1}",
+            expected=f"{recorded.kind} {name!r}",
+            found=found,
+        )

@@ -1,0 +1,318 @@
+"""run_workflow and WorkflowHandle: how applications start, drive and steer workflows.
+
+A handle performs no I/O until used. ``await handle.result()`` runs the workflow in the
+calling task; ``async with handle`` runs it in the background for the block and evicts
+it gracefully if the block ends first. With ``driver=None`` every handle of the process
+shares one default `LevelDBDriver`, opened while any of them needs it.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Self, final
+
+import anyio
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._codec import load_value
+from ._drivers import Batch, Driver, LevelDBDriver
+from ._engine._run import ErrorHook, Mode, Run, WorkflowFn, active_run
+from ._errors import UnknownWorkflowError
+from ._history import FAILED, RETRYING, History, WorkflowMeta
+from ._layout import WorkflowKeys
+from ._types import WorkflowResult, WorkflowState
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from types import TracebackType
+
+
+class _SharedDefaultDriver:
+    """The process-wide default store, open while at least one user needs it."""
+
+    def __init__(self) -> None:
+        self._driver: LevelDBDriver | None = None
+        self._users = 0
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[Driver]:
+        if self._driver is None:
+            self._driver = LevelDBDriver()
+        self._users += 1
+        try:
+            yield self._driver
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                driver, self._driver = self._driver, None
+                with anyio.CancelScope(shield=True):
+                    await driver.close()
+
+
+_DEFAULT_DRIVER = _SharedDefaultDriver()
+
+
+def run_workflow(
+    workflow_id: str,
+    fn: WorkflowFn,
+    input: object,
+    *,
+    driver: Driver | None = None,
+    mode: Mode = "live",
+    on_error: ErrorHook | None = None,
+    clock: Clock | None = None,
+) -> WorkflowHandle:
+    """Create a handle for workflow *workflow_id* running ``fn(ctx, input)``; no I/O.
+
+    The input is stored on the first run; later runs replay with the stored input.
+    ``driver=None`` uses the default LevelDB store (``$DURABLE_STORE``, else
+    ``./.durable``). In ``"live"`` mode a run lasts until the workflow ends, waiting
+    in memory; in ``"yield"`` mode it returns at the first long wait.
+
+    Example:
+        async with durable.MemoryDriver() as driver:
+            result = await durable.run_workflow("order-1", order, "order-1", driver=driver).result()
+    """
+    if not isinstance(workflow_id, str) or not workflow_id:  # type: ignore[redundant-expr]
+        raise ValueError(f"workflow_id must be a non-empty str, not {workflow_id!r}")
+    if not callable(fn):
+        raise TypeError("fn must be an async function taking (ctx, input)")
+    if mode not in ("live", "yield"):
+        raise ValueError(f'mode must be "live" or "yield", not {mode!r}')
+    return WorkflowHandle(
+        workflow_id, fn, input, driver, mode, on_error, clock or SYSTEM_CLOCK
+    )
+
+
+@final
+class WorkflowHandle:
+    """Runs and steers one workflow; made by `run_workflow`."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        fn: WorkflowFn,
+        input: object,
+        driver: Driver | None,
+        mode: Mode,
+        on_error: ErrorHook | None,
+        clock: Clock,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self._fn = fn
+        self._input = input
+        self._driver = driver
+        self._mode: Mode = mode
+        self._on_error = on_error
+        self._clock = clock
+        self._run: Run | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._background_done: anyio.Event | None = None
+        self._outcome: WorkflowResult | Exception | None = None
+
+    @asynccontextmanager
+    async def _open_driver(self) -> AsyncIterator[Driver]:
+        if self._driver is not None:
+            yield self._driver
+        else:
+            async with _DEFAULT_DRIVER.use() as driver:
+                yield driver
+
+    async def _run_once(self) -> WorkflowResult:
+        async with self._open_driver() as driver:
+            run = Run(
+                self.workflow_id,
+                self._fn,
+                self._input,
+                driver,
+                mode=self._mode,
+                clock=self._clock,
+                on_error=self._on_error,
+            )
+            self._run = run
+            try:
+                return await run.execute()
+            finally:
+                self._run = None
+
+    # --- running ------------------------------------------------------------------
+
+    async def result(self) -> WorkflowResult:
+        """Wait for the run: the background run inside ``async with``, else run now.
+
+        Raises:
+            WorkflowFailedError: the workflow failed (``.error`` says how).
+            WorkflowCancelledError: the workflow was cancelled.
+            EvictedError: the run was evicted before it finished.
+            HistoryDivergedError: the code no longer matches the recorded history.
+            EntryInProgressError: the workflow code missed an ``await``.
+        """
+        if self._background_done is None:
+            return await self._run_once()
+        await self._background_done.wait()
+        if isinstance(self._outcome, Exception):
+            raise self._outcome
+        if self._outcome is None:
+            raise RuntimeError("the background run ended without an outcome")
+        return self._outcome
+
+    async def _background(self) -> None:
+        if self._background_done is None:
+            raise RuntimeError("the background run started outside `async with`")
+        try:
+            self._outcome = await self._run_once()
+        except Exception as exc:
+            self._outcome = exc
+        finally:
+            self._background_done.set()
+
+    async def __aenter__(self) -> Self:
+        if self._task_group is not None:
+            raise RuntimeError("this handle's `async with` block is already open")
+        self._background_done = anyio.Event()
+        self._outcome = None
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._background)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        task_group, done = self._task_group, self._background_done
+        if task_group is None or done is None:
+            return
+        try:
+            if not done.is_set():
+                self.evict()
+                with anyio.CancelScope(shield=True):
+                    await done.wait()  # a running step finishes and is recorded
+        finally:
+            self._task_group = None
+            self._background_done = None
+            await task_group.__aexit__(None, None, None)
+
+    # --- steering -----------------------------------------------------------------
+
+    def _active(self, driver: Driver) -> Run | None:
+        return self._run or active_run(driver, self.workflow_id)
+
+    def evict(self) -> None:
+        """Ask this process's run to stop at its next durable point and flush."""
+        run = self._run
+        if run is None and self._driver is not None:
+            run = active_run(self._driver, self.workflow_id)
+        if run is not None:
+            run.evict()
+
+    async def wake(self) -> None:
+        """Set the workflow's alarm to now; a run in this process re-checks its waits.
+
+        Raises:
+            UnknownWorkflowError: the store holds no such workflow.
+        """
+        async with self._open_driver() as driver:
+            meta = await self._load_meta(driver)
+            if not meta.state.is_final:
+                batch = Batch()
+                batch.set_alarm(self.workflow_id, self._clock.now())
+                batch.notify(self.workflow_id)
+                await driver.write(batch)
+            run = self._active(driver)
+            if run is not None:
+                run.wake()
+
+    async def recover(self) -> None:
+        """Reset a failed workflow's failed steps and error and schedule it to run again.
+
+        Completed steps are not run again. Does nothing unless the workflow is ``failed``.
+
+        Raises:
+            UnknownWorkflowError: the store holds no such workflow.
+        """
+        async with self._open_driver() as driver:
+            history = await History.load(driver, self.workflow_id)
+            meta = history.meta
+            if meta is None:
+                raise UnknownWorkflowError(self.workflow_id)
+            if meta.state != WorkflowState.FAILED:
+                return
+            keys = history.keys
+            batch = Batch()
+            for entry in history.entries.values():
+                if entry.status == FAILED:
+                    entry.status = RETRYING
+                    entry.attempts = 0
+                    entry.retry_at = None
+                    entry.failure = None
+                    batch.put(keys.entry_meta + entry.location, entry.meta_record())
+            now = self._clock.now()
+            meta.state = WorkflowState.PENDING
+            meta.error = None
+            meta.updated_at = now
+            batch.put(keys.meta, meta.to_bytes())
+            batch.set_alarm(self.workflow_id, now)
+            batch.notify(self.workflow_id)
+            await driver.write(batch)
+
+    async def cancel(self) -> None:
+        """Cancel the workflow for good: state ``cancelled``, alarm cleared.
+
+        A run in this process is stopped at once: running steps are cancelled and
+        their results are not recorded. A completed workflow stays completed.
+        """
+        async with self._open_driver() as driver:
+            run = self._active(driver)
+            if run is not None:
+                await run.started.wait()
+                await run.cancel()
+                return
+            keys = WorkflowKeys(self.workflow_id)
+            raw = await driver.get(keys.meta)
+            now = self._clock.now()
+            if raw is None:
+                meta = WorkflowMeta(
+                    WorkflowState.CANCELLED, created_at=now, updated_at=now
+                )
+            else:
+                meta = WorkflowMeta.from_bytes(raw, keys.meta)
+                if meta.state in (WorkflowState.COMPLETED, WorkflowState.CANCELLED):
+                    return
+                meta.state = WorkflowState.CANCELLED
+                meta.updated_at = now
+            batch = Batch()
+            batch.put(keys.meta, meta.to_bytes())
+            batch.clear_alarm(self.workflow_id)
+            batch.notify(self.workflow_id)
+            await driver.write(batch)
+
+    # --- reading ------------------------------------------------------------------
+
+    async def _load_meta(self, driver: Driver) -> WorkflowMeta:
+        keys = WorkflowKeys(self.workflow_id)
+        raw = await driver.get(keys.meta)
+        if raw is None:
+            raise UnknownWorkflowError(self.workflow_id)
+        return WorkflowMeta.from_bytes(raw, keys.meta)
+
+    async def get_state(self) -> WorkflowState:
+        """Read the workflow's state from the store (``pending`` if never run)."""
+        async with self._open_driver() as driver:
+            try:
+                return (await self._load_meta(driver)).state
+            except UnknownWorkflowError:
+                return WorkflowState.PENDING
+
+    async def get_output(self) -> object:
+        """Read the output of a completed workflow from the store (else ``None``)."""
+        async with self._open_driver() as driver:
+            try:
+                meta = await self._load_meta(driver)
+            except UnknownWorkflowError:
+                return None
+            if meta.state != WorkflowState.COMPLETED or meta.output is None:
+                return None
+            return load_value(meta.output, WorkflowKeys(self.workflow_id).meta)

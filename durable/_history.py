@@ -1,0 +1,272 @@
+"""A workflow's history in memory: metadata, input, interned names and entries.
+
+An `Entry` is addressed by its *location* (encoded bytes, see `_layout`) and stored as
+two records: its data (kind, sequence number in its scope, name, payload) and its
+metadata (status, attempts, timestamps, error), so metadata can change without
+rewriting a possibly large payload. `History.load` reads everything with one range scan.
+
+Rule: records are msgpack lists with fields in fixed positions; new fields are only
+ever appended, so older records stay readable.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from ._codec import dump_record, load_record
+from ._errors import CorruptRecordError, WorkflowError
+from ._keys import decode_key, encode_int
+from ._layout import (
+    TAG_ENTRY,
+    TAG_ENTRY_META,
+    TAG_INPUT,
+    TAG_MESSAGE,
+    TAG_META,
+    TAG_NAME,
+    WorkflowKeys,
+)
+from ._types import WorkflowState
+
+if TYPE_CHECKING:
+    from ._drivers import Driver
+
+FORMAT: Final = 1
+"""Version of the record layout; a store written by a newer format is refused."""
+
+# Entry kinds (as stored, and as `ctx.removed` names them).
+STEP: Final = "step"
+SLEEP: Final = "sleep"
+
+# Entry statuses.
+PENDING: Final = "pending"  # created, not finished (a sleep waiting)
+RETRYING: Final = "retrying"  # a step failed and waits for its next attempt
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"  # a step failed for good; `error.kind` says how
+
+
+@attrs.frozen
+class StepFailure:
+    """How a step attempt failed.
+
+    ``kind`` is error (retryable), critical, timeout, rollback, exhausted or
+    unstorable; ``detail`` is kind-specific (the timeout, the unstorable type).
+    """
+
+    kind: str
+    error: WorkflowError
+    detail: str = ""
+
+    def to_record(self) -> list[object]:
+        """Return the stored form."""
+        error = self.error
+        return [self.kind, error.name, error.message, error.traceback, self.detail]
+
+    @classmethod
+    def from_record(cls, record: list[object]) -> StepFailure:
+        """Rebuild from `to_record` output."""
+        kind, name, message, traceback, detail = record[:5]
+        return cls(
+            str(kind),
+            WorkflowError(str(name), str(message), str(traceback)),
+            str(detail),
+        )
+
+
+@attrs.define(slots=True)
+class Entry:
+    """One recorded call of a workflow: data plus metadata, in memory."""
+
+    location: bytes
+    kind: str
+    seq: int  # position among its scope's entries: reordering is divergence
+    name_index: int
+    data: object = None  # kind-specific: a step's encoded output, a sleep's deadline
+    status: str = PENDING
+    attempts: int = 0
+    started_at: float | None = None  # epoch s of the last attempt
+    finished_at: float | None = None
+    retry_at: float | None = None  # epoch s; a restart waits out the rest
+    failure: StepFailure | None = None
+
+    def data_record(self) -> bytes:
+        """Encode the data record."""
+        return dump_record([self.kind, self.seq, self.name_index, self.data])
+
+    def meta_record(self) -> bytes:
+        """Encode the metadata record."""
+        failure = None if self.failure is None else self.failure.to_record()
+        return dump_record(
+            [
+                self.status,
+                self.attempts,
+                self.started_at,
+                self.finished_at,
+                self.retry_at,
+                failure,
+            ]
+        )
+
+    def load_meta(self, record: list[object]) -> None:
+        """Fill the metadata fields from a stored record."""
+        status, attempts, started, finished, retry_at, failure = record[:6]
+        self.status = str(status)
+        self.attempts = int(attempts)  # type: ignore[call-overload]
+        self.started_at = started  # type: ignore[assignment]
+        self.finished_at = finished  # type: ignore[assignment]
+        self.retry_at = retry_at  # type: ignore[assignment]
+        self.failure = None if failure is None else StepFailure.from_record(failure)  # type: ignore[arg-type]
+
+
+@attrs.define
+class WorkflowMeta:
+    """The workflow-level record: state, outcome and what it waits for."""
+
+    state: WorkflowState
+    created_at: float
+    updated_at: float
+    output: bytes | None = None  # encoded user value
+    error: WorkflowError | None = None
+    sleep_until: float | None = None
+    waiting_for: list[str] | None = None
+
+    def to_bytes(self) -> bytes:
+        """Encode the record."""
+        error = None
+        if self.error is not None:
+            error = [self.error.name, self.error.message, self.error.traceback]
+        return dump_record(
+            [
+                FORMAT,
+                str(self.state),
+                self.created_at,
+                self.updated_at,
+                self.output,
+                error,
+                self.sleep_until,
+                self.waiting_for,
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: bytes) -> WorkflowMeta:
+        """Decode a record, refusing formats newer than this code."""
+        record = load_record(data, key)
+        try:
+            fmt, state, created, updated, output, error, sleep_until, waiting_for = (
+                record[:8]
+            )
+            if fmt > FORMAT:
+                raise CorruptRecordError(
+                    key, f"written by a newer durable (format {fmt}); upgrade durable"
+                )
+            return cls(
+                state=WorkflowState(state),
+                created_at=created,
+                updated_at=updated,
+                output=output,
+                error=None if error is None else WorkflowError(*error),
+                sleep_until=sleep_until,
+                waiting_for=waiting_for,
+            )
+        except (ValueError, TypeError) as exc:
+            raise CorruptRecordError(key, f"bad workflow record ({exc})") from None
+
+
+@attrs.define
+class History:
+    """Everything stored for one workflow, indexed for replay."""
+
+    workflow_id: str
+    keys: WorkflowKeys
+    meta: WorkflowMeta | None = None
+    input: bytes | None = None
+    names: list[str] = attrs.Factory(list)
+    name_index: dict[str, int] = attrs.Factory(dict)
+    entries: dict[bytes, Entry] = attrs.Factory(dict)
+    # (scope location, seq) → entry, and entries per scope: what replay must visit
+    by_seq: dict[tuple[bytes, int], Entry] = attrs.Factory(dict)
+    scope_sizes: dict[bytes, int] = attrs.Factory(dict)
+
+    @classmethod
+    async def load(cls, driver: Driver, workflow_id: str) -> History:
+        """Read a workflow's whole history with one range scan."""
+        keys = WorkflowKeys(workflow_id)
+        history = cls(workflow_id, keys)
+        skip = len(keys.prefix)
+        metas: list[tuple[bytes, bytes, bytes]] = []
+        names: dict[int, str] = {}
+        for key, value in await driver.list_range(*keys.scan_range):
+            tag = key[
+                skip : skip + 2
+            ]  # every tag but TAG_META (the whole key) is 2 bytes
+            rest = key[skip + 2 :]
+            if tag == TAG_ENTRY:
+                history._load_entry(key, rest, value)
+            elif tag == TAG_ENTRY_META:
+                metas.append((key, rest, value))
+            elif tag == TAG_NAME:
+                index = decode_key(rest)[0]
+                names[index] = value.decode()  # type: ignore[index]
+            elif tag == TAG_META:
+                history.meta = WorkflowMeta.from_bytes(value, key)
+            elif tag == TAG_INPUT:
+                history.input = value
+            elif tag != TAG_MESSAGE:
+                raise CorruptRecordError(key, "unknown key tag")
+        for key, location, value in metas:
+            entry = history.entries.get(location)
+            if entry is None:
+                continue  # metadata outliving its entry (a pruned write); harmless
+            try:
+                entry.load_meta(load_record(value, key))
+            except (ValueError, TypeError) as exc:
+                raise CorruptRecordError(key, f"bad entry metadata ({exc})") from None
+        if names:
+            history.names = [names.get(i, "") for i in range(max(names) + 1)]
+            history.name_index = {name: i for i, name in names.items()}
+        return history
+
+    def _load_entry(self, key: bytes, location: bytes, value: bytes) -> None:
+        record = load_record(value, key)
+        try:
+            kind, seq, name_index, data = record[:4]
+            entry = Entry(location, str(kind), int(seq), int(name_index), data)
+        except (ValueError, TypeError) as exc:
+            raise CorruptRecordError(key, f"bad entry record ({exc})") from None
+        self.add(entry)
+
+    def add(self, entry: Entry) -> None:
+        """Index *entry* (new or loaded)."""
+        self.entries[entry.location] = entry
+        scope = entry.location[
+            : len(entry.location) - len(encode_int(entry.name_index))
+        ]
+        self.by_seq[scope, entry.seq] = entry
+        if entry.seq >= self.scope_sizes.get(scope, 0):
+            self.scope_sizes[scope] = entry.seq + 1
+
+    def intern(self, name: str) -> tuple[int, bool]:
+        """Return the index of *name* and whether it was newly interned."""
+        index = self.name_index.get(name)
+        if index is not None:
+            return index, False
+        index = len(self.names)
+        self.names.append(name)
+        self.name_index[name] = index
+        return index, True
+
+    def describe(self, location: bytes) -> str:
+        """A readable path for *location*, e.g. ``'order' / 'charge'``."""
+        if not location:
+            return "the workflow body"
+        parts = []
+        for item in decode_key(location):
+            if isinstance(item, tuple):
+                parts.append(f"iteration {item[1]!r}")
+            elif isinstance(item, int) and 0 <= item < len(self.names):
+                parts.append(repr(self.names[item]))
+            else:
+                parts.append(f"#{item!r}")
+        return " / ".join(parts)

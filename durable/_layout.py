@@ -1,0 +1,64 @@
+"""The key schema: where each piece of a workflow lives in the sorted store.
+
+Every key a workflow owns starts with ``encode_key((1, workflow_id))`` (its *prefix*)
+followed by one tag byte, so one range scan loads a workflow and nothing else:
+
+| key tuple | value |
+|---|---|
+| ``(1, id, 0)`` | workflow metadata record |
+| ``(1, id, 1)`` | the stored input (a user value) |
+| ``(1, id, 2, index)`` | an interned name (UTF-8) |
+| ``(1, id, 3, *location)`` | entry data record |
+| ``(1, id, 4, *location)`` | entry metadata record |
+| ``(1, id, 5, sequence)`` | a queued message |
+
+A *location* is the path of an entry: interned name indexes, with ``(loop, iteration)``
+nested tuples for loop iterations. In memory a location is kept as its encoded bytes,
+so a child's location is its parent's bytes plus one encoded int.
+
+Rule: only this module knows key tags; `_history` and the engine ask it for keys.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._keys import encode_int, encode_key
+
+WORKFLOWS: Final = 1
+
+TAG_META: Final = encode_int(0)
+TAG_INPUT: Final = encode_int(1)
+TAG_NAME: Final = encode_int(2)
+TAG_ENTRY: Final = encode_int(3)
+TAG_ENTRY_META: Final = encode_int(4)
+TAG_MESSAGE: Final = encode_int(5)
+_TAG_END: Final = encode_int(6)
+
+
+class WorkflowKeys:
+    """Precomputed key prefixes of one workflow (built once per run: W1 hot path)."""
+
+    __slots__ = ("entry", "entry_meta", "input", "message", "meta", "name", "prefix")
+
+    def __init__(self, workflow_id: str) -> None:
+        self.prefix = encode_key((WORKFLOWS, workflow_id))
+        self.meta = self.prefix + TAG_META
+        self.input = self.prefix + TAG_INPUT
+        self.name = self.prefix + TAG_NAME
+        self.entry = self.prefix + TAG_ENTRY
+        self.entry_meta = self.prefix + TAG_ENTRY_META
+        self.message = self.prefix + TAG_MESSAGE
+
+    @property
+    def scan_range(self) -> tuple[bytes, bytes]:
+        """The ``[start, end)`` range holding exactly this workflow's keys.
+
+        A plain prefix scan would also match ids that extend this one past an
+        escaped NUL; the tag bytes bound the range exactly.
+        """
+        return self.meta, self.prefix + _TAG_END
+
+    def name_key(self, index: int) -> bytes:
+        """Key of interned name *index*."""
+        return self.name + encode_int(index)
