@@ -1,0 +1,1 @@
+"""The benchmark suite (W0-W7); run it with ``python -m benchmarks``."""

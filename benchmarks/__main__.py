@@ -1,0 +1,262 @@
+"""The benchmark suite of ../shared/spec/BENCHMARKS.md: ``python -m benchmarks``.
+
+Prints one JSON line per workload. Every workload runs on a fresh store in a
+temporary directory. Compare ratios taken in one run, never absolute times.
+
+    python -m benchmarks                      # every workload, default sizes
+    python -m benchmarks --only W0,W1,W2 --n 2000
+    python -m benchmarks --driver memory --sync
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import plyvel
+
+import durable
+
+Workload = Callable[["Bench"], Awaitable[dict[str, Any]]]
+WORKLOADS: dict[str, Workload] = {}
+PARKED = 10**9  # seconds: a sleep that parks a workflow so a later run replays it
+
+
+def workload(name: str) -> Callable[[Workload], Workload]:
+    def register(fn: Workload) -> Workload:
+        WORKLOADS[name] = fn
+        return fn
+
+    return register
+
+
+class RecordingLevelDBDriver(durable.LevelDBDriver):
+    """A LevelDBDriver that remembers the puts of every batch it writes (for W0)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[tuple[bytes, bytes]]] = []
+
+    async def write(self, batch: durable.Batch) -> None:
+        self.batches.append([(op[1], op[2]) for op in batch.ops if op[0] == 0])
+        await super().write(batch)
+
+
+class Bench:
+    """Options shared by the workloads, and fresh stores for them."""
+
+    def __init__(self, tmp: Path, driver: str, n: int | None, *, sync: bool) -> None:
+        self.tmp = tmp
+        self.driver_name = driver
+        self.n_override = n
+        self.sync = sync
+        self._count = 0
+
+    def n(self, default: int) -> int:
+        return self.n_override or default
+
+    def path(self) -> Path:
+        self._count += 1
+        return self.tmp / f"store-{self._count}"
+
+    def driver(self) -> durable.Driver:
+        if self.driver_name == "memory":
+            return durable.MemoryDriver()
+        return durable.LevelDBDriver(self.path(), sync=self.sync)
+
+
+def steps_workflow(
+    count: int, executed: list[int], *, park: bool
+) -> Callable[[durable.WorkflowContext, object], Awaitable[int]]:
+    def work(i: int) -> int:
+        executed.append(i)
+        return i
+
+    async def workflow(ctx: durable.WorkflowContext, _: object) -> int:
+        total = 0
+        for i in range(count):
+            total += await ctx.step(f"s{i}", functools.partial(work, i))
+        if park:
+            await ctx.sleep("parked", PARKED)
+        return total
+
+    return workflow
+
+
+async def run_steps(
+    driver: durable.Driver, workflow_id: str, count: int, *, park: bool
+) -> tuple[float, int]:
+    executed: list[int] = []
+    handle = durable.run_workflow(
+        workflow_id,
+        steps_workflow(count, executed, park=park),
+        None,
+        driver=driver,
+        mode="yield",
+    )
+    started = time.perf_counter()
+    await handle.result()
+    return time.perf_counter() - started, len(executed)
+
+
+@workload("W0")
+async def w0(bench: Bench) -> dict[str, Any]:
+    """Raw plyvel: the batches W1 writes, written straight through plyvel."""
+    n = bench.n(1000)
+    recorder = RecordingLevelDBDriver(bench.path())
+    async with recorder:
+        await run_steps(recorder, "w1", n, park=False)
+    batches = recorder.batches
+    db = plyvel.DB(str(bench.path()), create_if_missing=True)
+    try:
+        started = time.perf_counter()
+        for puts in batches:
+            with db.write_batch(sync=bench.sync) as wb:
+                for key, value in puts:
+                    wb.put(key, value)
+        seconds = time.perf_counter() - started
+    finally:
+        db.close()
+    return {"n": len(batches), "seconds": seconds, "extra": {"steps": n}}
+
+
+@workload("W1")
+async def w1(bench: Bench) -> dict[str, Any]:
+    """One workflow, n sequential steps, fresh run to completion."""
+    n = bench.n(1000)
+    async with bench.driver() as driver:
+        seconds, executed = await run_steps(driver, "w1", n, park=False)
+    return {"n": n, "seconds": seconds, "extra": {"executed": executed}}
+
+
+@workload("W2")
+async def w2(bench: Bench) -> dict[str, Any]:
+    """Replay of n completed steps: the W1 workflow parked at a final long sleep
+    (yield mode) is run again, replaying every step and parking again."""
+    n = bench.n(1000)
+    async with bench.driver() as driver:
+        await run_steps(driver, "w2", n, park=True)
+        seconds, executed = await run_steps(driver, "w2", n, park=True)
+    return {"n": n, "seconds": seconds, "extra": {"executed": executed}}
+
+
+@workload("W3")
+async def w3(bench: Bench) -> dict[str, Any]:
+    """n workflows x 10 steps, to completion, at most 100 in flight."""
+    n = bench.n(1000)
+    limiter = anyio.CapacityLimiter(100)
+
+    async def one(driver: durable.Driver, i: int) -> None:
+        async with limiter:
+            await run_steps(driver, f"w3-{i}", 10, park=False)
+
+    async with bench.driver() as driver:
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, driver, i)
+        seconds = time.perf_counter() - started
+    return {"n": n, "seconds": seconds, "extra": {"steps_each": 10, "in_flight": 100}}
+
+
+@workload("W6")
+async def w6(bench: Bench) -> dict[str, Any]:
+    """n workflows that each sleep 10 ms then run one step, live mode."""
+    n = bench.n(1000)
+
+    async def sleeper(ctx: durable.WorkflowContext, _: object) -> int:
+        await ctx.sleep("nap", 0.01)
+        return await ctx.step("work", lambda: 1)
+
+    async def one(driver: durable.Driver, i: int) -> None:
+        await durable.run_workflow(f"w6-{i}", sleeper, None, driver=driver).result()
+
+    async with bench.driver() as driver:
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(one, driver, i)
+        seconds = time.perf_counter() - started
+    return {"n": n, "seconds": seconds, "extra": {}}
+
+
+@workload("W7")
+async def w7(bench: Bench) -> dict[str, Any]:
+    """Replay-cost growth: replay time of a 100x larger history over a small one."""
+    large = bench.n(10_000)
+    small = max(1, large // 100)
+    times = {}
+    for count in (small, large):
+        async with bench.driver() as driver:
+            await run_steps(driver, "w7", count, park=True)
+            times[count], executed = await run_steps(driver, "w7", count, park=True)
+            if executed:
+                raise RuntimeError("W7 replay executed steps")
+    ratio = times[large] / times[small]
+    return {
+        "n": large,
+        "seconds": times[large],
+        "per_sec_override": large / times[large],
+        "extra": {"ratio": ratio, "small": small, "small_seconds": times[small]},
+    }
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    names = (
+        list(WORKLOADS)
+        if not args.only
+        else [w.strip().upper() for w in args.only.split(",")]
+    )
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown:
+        print(
+            f"unknown or not yet available workloads: {', '.join(unknown)}; available: {', '.join(WORKLOADS)}",
+            file=sys.stderr,
+        )
+        return 2
+    with tempfile.TemporaryDirectory(prefix="durable-bench-") as tmp:
+        bench = Bench(Path(tmp), args.driver, args.n, sync=args.sync)
+        for name in names:
+            figures = await WORKLOADS[name](bench)
+            seconds = figures["seconds"]
+            per_sec = figures.pop("per_sec_override", None) or figures["n"] / seconds
+            driver = "leveldb" if name == "W0" else args.driver
+            line = {
+                "workload": name,
+                "driver": driver,
+                "n": figures["n"],
+                "seconds": round(seconds, 6),
+                "per_sec": round(per_sec, 1),
+                "extra": {**figures["extra"], "sync": args.sync},
+            }
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--only", help="comma-separated workloads, e.g. W1,W2")
+    parser.add_argument("--n", type=int, help="size override for every workload")
+    parser.add_argument("--driver", choices=["leveldb", "memory"], default="leveldb")
+    parser.add_argument(
+        "--sync",
+        action="store_true",
+        help="fsync every durable write (the library default is off)",
+    )
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    args = parser.parse_args()
+    return anyio.run(main_async, args, backend=args.backend)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
