@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import strategies as st
 
-from durable._keys import Key, KeyItem
+if TYPE_CHECKING:
+    from durable._keys import Key, KeyItem
 
 # Ints at the edges of the encoding: the cache, the 1..8-byte forms, the big forms and
 # the 255-byte limit.
@@ -103,7 +104,9 @@ def _model_item(item: KeyItem) -> tuple[Any, ...]:
 _OFFSETS = st.timedeltas(
     min_value=-datetime.timedelta(hours=23, minutes=59),
     max_value=datetime.timedelta(hours=23, minutes=59),
-).map(lambda offset: datetime.timedelta(minutes=offset // datetime.timedelta(minutes=1)))
+).map(
+    lambda offset: datetime.timedelta(minutes=offset // datetime.timedelta(minutes=1))
+)
 fixed_timezones = _OFFSETS.map(datetime.timezone)
 
 

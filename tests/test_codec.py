@@ -160,8 +160,14 @@ class TestDecodedForm:
         assert decoded == {"items": [1, 2]}
 
     def test_decoded_form_equals_a_later_load(self) -> None:
-        data, decoded = store_value({"t": (1, 2), "when": datetime.date(2020, 5, 1)}, "v")
-        assert decoded == load_value(data) == {"t": [1, 2], "when": datetime.date(2020, 5, 1)}
+        data, decoded = store_value(
+            {"t": (1, 2), "when": datetime.date(2020, 5, 1)}, "v"
+        )
+        assert (
+            decoded
+            == load_value(data)
+            == {"t": [1, 2], "when": datetime.date(2020, 5, 1)}
+        )
 
 
 def _function() -> None:
@@ -250,7 +256,9 @@ class TestCorruptBytes:
         ],
         ids=repr,
     )
-    def test_load_value_on_garbage_raises_corrupt_record_error(self, data: bytes) -> None:
+    def test_load_value_on_garbage_raises_corrupt_record_error(
+        self, data: bytes
+    ) -> None:
         with pytest.raises(CorruptRecordError) as info:
             load_value(data, b"wf/step")
         assert info.value.key == b"wf/step"
@@ -259,7 +267,9 @@ class TestCorruptBytes:
     @pytest.mark.parametrize(
         "data", [b"", b"\xc1", b"\x92\x01", b"\x01\x02", b"\xa2\xff\xfe"], ids=repr
     )
-    def test_load_record_on_garbage_raises_corrupt_record_error(self, data: bytes) -> None:
+    def test_load_record_on_garbage_raises_corrupt_record_error(
+        self, data: bytes
+    ) -> None:
         with pytest.raises(CorruptRecordError) as info:
             load_record(data, b"wf/meta")
         assert info.value.key == b"wf/meta"
@@ -297,7 +307,15 @@ class TestRecords:
         assert load_record(dump_record([]), b"k") == []
 
 
-BANNED_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal"}
+BANNED_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "shelve",
+    "marshal",
+}
 
 
 def _imported_modules(source: str) -> set[str]:
@@ -326,8 +344,8 @@ class TestNoPickle:
         package = Path(durable.__file__).parent
         for path in package.rglob("*.py"):
             text = path.read_text("utf-8")
-            assert "__import__(\"pickle\")" not in text, path
-            assert "import_module(\"pickle\")" not in text, path
+            assert '__import__("pickle")' not in text, path
+            assert 'import_module("pickle")' not in text, path
 
     def test_pickle_bytes_are_not_unpickled(self) -> None:
         pickled = b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."

@@ -5,13 +5,12 @@ from __future__ import annotations
 import enum
 
 import pytest
+import strategies
 from hypothesis import example, given
 from hypothesis import strategies as st
+from strategies import INT_BOUNDARIES, MAX_KEY_INT, model_order
 
 from durable._keys import Key, _encode_int_uncached, decode_key, encode_int, encode_key
-
-import strategies
-from strategies import INT_BOUNDARIES, MAX_KEY_INT, model_order
 
 
 def extends(key: Key, prefix: Key) -> bool:
@@ -160,7 +159,19 @@ class TestPrefixes:
 
 
 class TestNamesDoNotAlias:
-    NAMES = ("a", "a/b", "a~b", "a\x00b", "a/", "a~", "a\x00", "a\x00\x00", "/", "~", "")
+    NAMES = (
+        "a",
+        "a/b",
+        "a~b",
+        "a\x00b",
+        "a/",
+        "a~",
+        "a\x00",
+        "a\x00\x00",
+        "/",
+        "~",
+        "",
+    )
 
     def test_names_encode_to_distinct_bytes(self) -> None:
         encoded = {encode_key((1, name)) for name in self.NAMES}
@@ -202,7 +213,16 @@ class TestInts:
 
     @pytest.mark.parametrize(
         ("value", "size"),
-        [(0, 1), (1, 2), (-1, 2), (255, 2), (-255, 2), (256, 3), (-256, 3), (2**64 - 1, 9)],
+        [
+            (0, 1),
+            (1, 2),
+            (-1, 2),
+            (255, 2),
+            (-255, 2),
+            (256, 3),
+            (-256, 3),
+            (2**64 - 1, 9),
+        ],
     )
     def test_small_ints_use_a_type_byte_and_their_bytes(
         self, value: int, size: int
@@ -272,7 +292,7 @@ class TestMalformedBytes:
         ],
     )
     def test_malformed_bytes_raise_value_error(self, data: bytes) -> None:
-        with pytest.raises(ValueError, match="malformed|invalid|not found"):
+        with pytest.raises(ValueError, match=r"malformed|invalid|not found"):
             decode_key(data)
 
     @given(st.binary(max_size=40))

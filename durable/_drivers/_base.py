@@ -105,6 +105,12 @@ def prefix_end(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
+def check_limit(limit: int | None) -> None:
+    """Refuse a negative listing limit, which has no sensible meaning."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be None or >= 0, not {limit!r}")
+
+
 class Subscription:
     """Wake-ups for one workflow id; ``wait()`` returns once a notify arrived.
 

@@ -31,6 +31,7 @@ from ._base import (
     Driver,
     LocalNotifier,
     Subscription,
+    check_limit,
 )
 
 STORE_ENV_VAR: Final = "DURABLE_STORE"
@@ -48,7 +49,7 @@ def default_store_path() -> Path:
 
 
 def _sortable_time(at: float) -> bytes:
-    raw = _DOUBLE.pack(at)
+    raw = _DOUBLE.pack(at + 0.0)  # -0.0 + 0.0 is 0.0: one encoding for zero
     if raw[0] & 0x80:  # negative: flip every bit so larger magnitudes sort first
         return bytes(b ^ 0xFF for b in raw)
     return bytes((raw[0] | 0x80,)) + raw[1:]
@@ -119,6 +120,7 @@ class LevelDBDriver(Driver):
         reverse: bool = False,
     ) -> list[tuple[bytes, bytes]]:
         """Return pairs with ``start <= key < end`` in key order (see `Driver`)."""
+        check_limit(limit)
         end = min(end, RESERVED_PREFIX)
         if start >= end:
             return []
@@ -200,6 +202,7 @@ class LevelDBDriver(Driver):
         self, *, until: float | None = None, limit: int | None = None
     ) -> list[Alarm]:
         """Return alarms due by *until*, earliest first; stops at the first later one."""
+        check_limit(limit)
         stop = _ALARM_BY_TIME_END
         if until is not None:
             stop = _ALARM_BY_TIME + _sortable_time(until) + b"\xff"

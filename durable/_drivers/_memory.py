@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 
+from .._errors import StorageError
+
 from ._base import (
     CLEAR_ALARM,
     DEFAULT_POLL_INTERVAL,
@@ -16,6 +18,7 @@ from ._base import (
     Driver,
     LocalNotifier,
     Subscription,
+    check_limit,
 )
 
 
@@ -37,7 +40,7 @@ class MemoryDriver(Driver):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this MemoryDriver is closed")
+            raise StorageError("this MemoryDriver is closed; make a new one")
 
     async def get(self, key: bytes) -> bytes | None:
         """Return the value at *key*, or ``None``."""
@@ -54,6 +57,7 @@ class MemoryDriver(Driver):
     ) -> list[tuple[bytes, bytes]]:
         """Return pairs with ``start <= key < end`` in key order (see `Driver`)."""
         self._check_open()
+        check_limit(limit)
         lo = bisect.bisect_left(self._keys, start)
         hi = bisect.bisect_left(self._keys, end, lo)
         keys = self._keys[lo:hi]
@@ -97,6 +101,7 @@ class MemoryDriver(Driver):
     ) -> list[Alarm]:
         """Return alarms due by *until*, earliest first."""
         self._check_open()
+        check_limit(limit)
         due = sorted(
             (at, workflow_id)
             for workflow_id, at in self._alarms.items()
