@@ -13,8 +13,10 @@ import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 
 import durable
 
@@ -26,7 +28,7 @@ def charge_card(order_id: str) -> dict[str, object]:
 
 async def reserve_stock(order_id: str) -> list[str]:
     print(f"  [pid {os.getpid()}] reserving stock for {order_id}")
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return ["widget", "gadget"]
 
 
@@ -49,7 +51,9 @@ async def order(ctx: durable.WorkflowContext, order_id: str) -> dict[str, object
 
 async def run(store: str) -> durable.WorkflowResult:
     async with durable.LevelDBDriver(store) as driver:
-        return await durable.run_workflow("order-1", order, "order-1", driver=driver).result()
+        return await durable.run_workflow(
+            "order-1", order, "order-1", driver=driver
+        ).result()
 
 
 def main() -> None:
@@ -57,7 +61,7 @@ def main() -> None:
         anyio.run(run, sys.argv[1])
         return
     with tempfile.TemporaryDirectory() as tmp:
-        store = os.path.join(tmp, "store")
+        store = str(Path(tmp) / "store")
         print("1. a child process starts the workflow and crashes:")
         env = {**os.environ, "ORDER_EXAMPLE_CRASH": "1"}
         child = subprocess.run([sys.executable, __file__, store], env=env, check=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 
 from .._errors import StorageError
-
 from ._base import (
     CLEAR_ALARM,
     DEFAULT_POLL_INTERVAL,

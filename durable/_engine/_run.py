@@ -10,6 +10,9 @@ Rules:
 * Writes accumulate in `Run.pending` (ephemeral steps, names, sleeps) and reach the
   store with the next flush as one atomic batch.
 * One run per workflow id per driver at a time in this process (`WorkflowBusyError`).
+* A failed write ends the run: whatever the driver raised is re-raised at every later
+  durable point and from `Run.execute`, and never marks the workflow failed (the
+  store may be fine; a later run resumes from what it holds).
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ class Run:
         self.cancelled = False
         self.started = anyio.Event()  # set once the run holds the workflow
         self._meta: WorkflowMeta | None = None
+        self._write_error: Exception | None = None  # set once a write failed
+        # set once the code diverged or missed an await: the run ends with it even
+        # if the workflow caught it, and writes nothing more (spec: never `failed`)
+        self.refused: HistoryDivergedError | EntryInProgressError | None = None
         self._flush_lock = _WriteGate()
         self._wake = anyio.Event()
         self._cancel_scope = anyio.CancelScope()
@@ -165,6 +172,12 @@ class Run:
                     self.pending = Batch()  # leave the stored history as it was
                     raise
                 except Exception as exc:
+                    if self.refused is not None:  # the code caught a determinism error
+                        self.pending = Batch()
+                        raise self.refused from None
+                    if self._write_error is not None:  # the store failed, not the code
+                        self.pending = Batch()
+                        raise self._write_error from None
                     return await self._fail(exc)
                 else:
                     return await self._complete(output)
@@ -234,6 +247,12 @@ class Run:
 
     async def flush(self) -> None:
         """Write everything pending as one atomic batch: a durable point."""
+        if self.refused is not None:
+            raise self.refused
+        if self._write_error is not None:
+            # The code saw that write fail (and may have caught it): recording more
+            # could make the history disagree with what the code did. Stop here.
+            raise self._write_error
         if not self.pending:
             return
         async with self._flush_lock:
@@ -243,9 +262,11 @@ class Run:
                 batch, self.pending = self.pending, Batch()
                 try:
                     await self.driver.write(batch)
-                except BaseException:
+                except BaseException as exc:
                     batch.extend(self.pending)
                     self.pending = batch
+                    if isinstance(exc, Exception):
+                        self._write_error = exc
                     raise
         if self.cancelled:
             await anyio.lowlevel.checkpoint()  # delivers the run's cancellation
@@ -334,7 +355,9 @@ class Run:
             wake = self._wake
             async with anyio.create_task_group() as tg:
                 if deadline is not None:
-                    tg.start_soon(_set_at, clock, deadline, wake)
+                    # the timer ends this wait only; setting the shared wake event
+                    # would leave it set and make every later wait return at once
+                    tg.start_soon(_cancel_at, clock, deadline, tg.cancel_scope)
                 await wake.wait()
                 tg.cancel_scope.cancel()
             if deadline is None:
@@ -380,9 +403,9 @@ class _WriteGate:
             self._freed = None
 
 
-async def _set_at(clock: Clock, deadline: float, event: anyio.Event) -> None:
+async def _cancel_at(clock: Clock, deadline: float, scope: anyio.CancelScope) -> None:
     await clock.sleep_until(deadline)
-    event.set()
+    scope.cancel()
 
 
 _UNKNOWN_ERROR = WorkflowError("Error", "the workflow failed with an unrecorded error")

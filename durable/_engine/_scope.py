@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._run import Run
 
 T = TypeVar("T")
+E = TypeVar("E", HistoryDivergedError, EntryInProgressError)
 
 
 class Scope:
@@ -42,7 +43,10 @@ class Scope:
         self.location = location
         self._counter = 0
         self._names: set[str] = set()
-        self._pending: tuple[str, Coroutine[Any, Any, Any]] | None = None
+        # (description, the call's coroutine, the wrapper handed to the workflow)
+        self._pending: (
+            tuple[str, Coroutine[Any, Any, Any], Coroutine[Any, Any, Any]] | None
+        ) = None
 
     def begin(self, name: str, kind: str) -> tuple[Entry, bool]:
         """Register a call; return its entry and whether it is new (not replayed).
@@ -60,12 +64,14 @@ class Scope:
             raise TypeError(f"a {kind} name must be a str, not {type(name).__name__}")
         history = run.history
         if name in self._names:
-            raise HistoryDivergedError(
-                run.workflow_id,
-                self.describe(),
-                expected=f"a {kind} named {name!r} already",
-                found=f"a second {kind} named {name!r}",
-                hint="Names must be unique within their scope; rename one of them.",
+            raise self._refuse(
+                HistoryDivergedError(
+                    run.workflow_id,
+                    self.describe(),
+                    expected=f"a {kind} named {name!r} already",
+                    found=f"a second {kind} named {name!r}",
+                    hint="Names must be unique within their scope; rename one of them.",
+                )
             )
         self._names.add(name)
         index, new_name = history.intern(name)
@@ -91,8 +97,9 @@ class Scope:
         self, description: str, coro: Coroutine[Any, Any, T]
     ) -> Coroutine[Any, Any, T]:
         """Mark *coro* as this scope's call in progress until it finishes."""
-        self._pending = (description, coro)
-        return self._settle(coro)
+        wrapper = self._settle(coro)
+        self._pending = (description, coro, wrapper)
+        return wrapper
 
     async def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -119,9 +126,11 @@ class Scope:
     def abandon(self) -> None:
         """Close a never-awaited call so Python does not warn about it."""
         if self._pending is not None:
-            coro = self._pending[1]
-            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-                coro.close()
+            # both: the workflow holds the wrapper, and the wrapper never started
+            # the call, so either one left unclosed warns "never awaited"
+            for coro in self._pending[1:]:
+                if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                    coro.close()
             self._pending = None
 
     def describe(self, location: bytes | None = None) -> str:
@@ -133,13 +142,23 @@ class Scope:
     def _refuse_in_progress(self, called: str) -> None:
         description = self._pending[0] if self._pending is not None else "?"
         self.abandon()
-        raise EntryInProgressError(self.run.workflow_id, description, called)
+        raise self._refuse(
+            EntryInProgressError(self.run.workflow_id, description, called)
+        )
 
     def _diverged(self, recorded: Entry, found: str) -> HistoryDivergedError:
         name = self.run.history.names[recorded.name_index]
-        return HistoryDivergedError(
-            self.run.workflow_id,
-            f"{self.describe()}, call #{recorded.seq + 1}",
-            expected=f"{recorded.kind} {name!r}",
-            found=found,
+        return self._refuse(
+            HistoryDivergedError(
+                self.run.workflow_id,
+                f"{self.describe()}, call #{recorded.seq + 1}",
+                expected=f"{recorded.kind} {name!r}",
+                found=found,
+            )
         )
+
+    def _refuse(self, error: E) -> E:
+        """Make *error* the run's outcome, even if the workflow code catches it."""
+        if self.run.refused is None:
+            self.run.refused = error
+        return error
