@@ -1,0 +1,30 @@
+"""The examples run as the README says and do what they claim."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_order_example_resumes_after_the_crash_without_charging_twice(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "DURABLE_STORE": str(tmp_path / "store")}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "order.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout
+    assert done.returncode == 0, f"{output}\n{done.stderr}"
+    assert "crashing after the charge was recorded" in output
+    assert "state:  completed" in output
+    assert output.count("charging") == 1, output
