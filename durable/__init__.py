@@ -2,7 +2,7 @@
 
 from ._clock import Clock, SystemClock
 from ._drivers import Alarm, Batch, Driver, LevelDBDriver, MemoryDriver, Subscription
-from ._engine._context import WorkflowContext
+from ._engine._context import WorkflowContext, WorkflowQueue
 from ._errors import (
     CorruptRecordError,
     CriticalError,
@@ -24,15 +24,24 @@ from ._errors import (
     WorkflowCancelledError,
     WorkflowError,
     WorkflowFailedError,
+    WorkflowFinishedError,
 )
 from ._handle import WorkflowHandle, run_workflow
 from ._types import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
+    DEFAULT_LOOP_HISTORY_EVERY,
+    DEFAULT_LOOP_HISTORY_KEEP,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF_BASE,
     DEFAULT_RETRY_BACKOFF_MAX,
     DEFAULT_STEP_TIMEOUT,
+    Loop,
+    RaceResult,
     StepErrorEvent,
+    TryBlockFailure,
+    TryBlockResult,
+    TryStepFailure,
+    TryStepResult,
     WorkflowErrorEvent,
     WorkflowResult,
     WorkflowState,
@@ -41,6 +50,8 @@ from ._version import __version__
 
 __all__ = [
     "DEFAULT_LOOP_COMMIT_INTERVAL",
+    "DEFAULT_LOOP_HISTORY_EVERY",
+    "DEFAULT_LOOP_HISTORY_KEEP",
     "DEFAULT_MAX_RETRIES",
     "DEFAULT_RETRY_BACKOFF_BASE",
     "DEFAULT_RETRY_BACKOFF_MAX",
@@ -57,8 +68,10 @@ __all__ = [
     "HistoryDivergedError",
     "JoinError",
     "LevelDBDriver",
+    "Loop",
     "MemoryDriver",
     "RaceError",
+    "RaceResult",
     "RollbackCheckpointError",
     "RollbackError",
     "StepErrorEvent",
@@ -68,6 +81,10 @@ __all__ = [
     "StoreLockedError",
     "Subscription",
     "SystemClock",
+    "TryBlockFailure",
+    "TryBlockResult",
+    "TryStepFailure",
+    "TryStepResult",
     "UnknownWorkflowError",
     "UnstorableValueError",
     "WorkflowBusyError",
@@ -76,7 +93,9 @@ __all__ = [
     "WorkflowError",
     "WorkflowErrorEvent",
     "WorkflowFailedError",
+    "WorkflowFinishedError",
     "WorkflowHandle",
+    "WorkflowQueue",
     "WorkflowResult",
     "WorkflowState",
     "__version__",

@@ -9,7 +9,7 @@ DurableError(Exception)
 ├── HistoryDivergedError (.workflow_id .location .expected .found)
 ├── EntryInProgressError, RollbackCheckpointError
 ├── EvictedError, WorkflowFailedError (.error), WorkflowCancelledError
-├── UnknownWorkflowError (.workflow_id)
+├── UnknownWorkflowError (.workflow_id), WorkflowFinishedError (.workflow_id .state)
 ├── WorkflowBusyError (.workflow_id)
 ├── UnstorableValueError(DurableError, TypeError) (.what .value_type)
 └── StorageError ── StoreLockedError (.path), CorruptRecordError (.key)
@@ -181,6 +181,18 @@ class UnknownWorkflowError(DurableError, LookupError):
             "first or check the id and the driver"
         )
         self.workflow_id = workflow_id
+
+
+class WorkflowFinishedError(DurableError):
+    """The workflow already completed, so it can take no more messages."""
+
+    def __init__(self, workflow_id: str, state: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} is {state} and will never read another "
+            "message; start a new workflow instead"
+        )
+        self.workflow_id = workflow_id
+        self.state = state
 
 
 class WorkflowBusyError(DurableError):

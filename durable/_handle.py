@@ -14,10 +14,15 @@ from typing import TYPE_CHECKING, Self, final
 import anyio
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._codec import load_value
+from ._codec import dump_value, load_value
 from ._drivers import Batch, Driver, LevelDBDriver
+from ._engine._queue import put_message
 from ._engine._run import ErrorHook, Mode, Run, WorkflowFn, active_run
-from ._errors import UnknownWorkflowError
+from ._errors import (
+    UnknownWorkflowError,
+    WorkflowCancelledError,
+    WorkflowFinishedError,
+)
 from ._history import FAILED, RETRYING, History, WorkflowMeta
 from ._layout import WorkflowKeys
 from ._types import WorkflowResult, WorkflowState
@@ -196,6 +201,38 @@ class WorkflowHandle:
             await task_group.__aexit__(None, None, None)
 
     # --- steering -----------------------------------------------------------------
+
+    async def message(self, name: str, data: object) -> None:
+        """Durably enqueue message *name* with body *data* for the workflow.
+
+        The message is stored before this returns, whether or not the workflow runs
+        (before it starts, while it sleeps, while no process runs it), and a run
+        waiting for *name* in this process wakes at once.
+
+        Raises:
+            UnstorableValueError: *data* cannot be stored.
+            WorkflowFinishedError: the workflow completed and reads no more messages.
+            WorkflowCancelledError: the workflow was cancelled.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"a message name must be a str, not {type(name).__name__}")
+        body = dump_value(data, f"message {name!r} to workflow {self.workflow_id!r}")
+        keys = WorkflowKeys(self.workflow_id)
+        async with self._open_driver() as driver:
+            raw = await driver.get(keys.meta)
+            meta = None if raw is None else WorkflowMeta.from_bytes(raw, keys.meta)
+            batch = Batch()
+            if meta is not None:
+                if meta.state == WorkflowState.CANCELLED:
+                    raise WorkflowCancelledError(self.workflow_id)
+                if meta.state == WorkflowState.COMPLETED:
+                    raise WorkflowFinishedError(self.workflow_id, str(meta.state))
+                waiting = meta.waiting_for
+                if waiting is not None and (not waiting or name in waiting):
+                    batch.set_alarm(self.workflow_id, self._clock.now())  # now due
+            put_message(batch, keys, self._clock, name, body)
+            batch.notify(self.workflow_id)
+            await driver.write(batch)
 
     def _active(self, driver: Driver) -> Run | None:
         return self._run or active_run(driver, self.workflow_id)

@@ -188,6 +188,7 @@ class History:
     # (scope location, seq) → entry, and entries per scope: what replay must visit
     by_seq: dict[tuple[bytes, int], Entry] = attrs.Factory(dict)
     scope_sizes: dict[bytes, int] = attrs.Factory(dict)
+    messages: list[tuple[bytes, bytes]] = attrs.Factory(list)  # unconsumed, in order
 
     @classmethod
     async def load(cls, driver: Driver, workflow_id: str) -> History:
@@ -213,7 +214,9 @@ class History:
                 history.meta = WorkflowMeta.from_bytes(value, key)
             elif tag == TAG_INPUT:
                 history.input = value
-            elif tag != TAG_MESSAGE:
+            elif tag == TAG_MESSAGE:
+                history.messages.append((key, value))
+            else:
                 raise CorruptRecordError(key, "unknown key tag")
         for key, location, value in metas:
             entry = history.entries.get(location)
@@ -247,6 +250,14 @@ class History:
         if entry.seq >= self.scope_sizes.get(scope, 0):
             self.scope_sizes[scope] = entry.seq + 1
 
+    def forget(self, start: bytes, end: bytes) -> None:
+        """Drop entries with locations in ``[start, end)`` (pruned loop iterations)."""
+        for location in [loc for loc in self.entries if start <= loc < end]:
+            entry = self.entries.pop(location)
+            scope = location[: len(location) - len(encode_int(entry.name_index))]
+            self.by_seq.pop((scope, entry.seq), None)
+            self.scope_sizes.pop(scope, None)
+
     def intern(self, name: str) -> tuple[int, bool]:
         """Return the index of *name* and whether it was newly interned."""
         index = self.name_index.get(name)
@@ -264,7 +275,7 @@ class History:
         parts = []
         for item in decode_key(location):
             if isinstance(item, tuple):
-                parts.append(f"iteration {item[1]!r}")
+                parts.append(f"iteration {item[-1]!r}")
             elif isinstance(item, int) and 0 <= item < len(self.names):
                 parts.append(repr(self.names[item]))
             else:

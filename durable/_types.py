@@ -6,7 +6,7 @@ Rule: nothing here imports from the rest of `durable` but `_errors`.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, NamedTuple, TypeAlias, final
 
 import attrs
 
@@ -18,6 +18,8 @@ DEFAULT_RETRY_BACKOFF_BASE: Final = 0.1  # seconds
 DEFAULT_RETRY_BACKOFF_MAX: Final = 30.0  # seconds
 DEFAULT_STEP_TIMEOUT: Final = 30.0  # seconds
 DEFAULT_LOOP_COMMIT_INTERVAL: Final = 20
+DEFAULT_LOOP_HISTORY_EVERY: Final = 20
+DEFAULT_LOOP_HISTORY_KEEP: Final = 20
 
 StoredValue: TypeAlias = object
 """A value that msgpack (with durable's extension types) can store."""
@@ -80,3 +82,77 @@ class WorkflowErrorEvent:
 
     workflow_id: str
     error: WorkflowError
+
+
+class RaceResult(NamedTuple):
+    """The branch that won a ``ctx.race`` and its value; unpacks as a tuple."""
+
+    winner: str
+    value: object
+
+
+@final
+class Loop:
+    """What a ``ctx.loop`` body returns: ``Loop.continue_(state)`` or ``Loop.break_(value)``.
+
+    Returning ``None`` continues with the same state.
+    """
+
+    @attrs.frozen
+    class Continue:
+        """Run another iteration with *state*."""
+
+        state: object = None
+
+    @attrs.frozen
+    class Break:
+        """End the loop; ``ctx.loop`` returns *value*."""
+
+        value: object = None
+
+    @staticmethod
+    def continue_(state: object = None) -> Loop.Continue:
+        """Continue with *state* as the next iteration's state."""
+        return Loop.Continue(state)
+
+    @staticmethod
+    def break_(value: object = None) -> Loop.Break:
+        """Leave the loop, returning *value* from ``ctx.loop``."""
+        return Loop.Break(value)
+
+
+@attrs.frozen
+class TryStepFailure:
+    """Why a ``ctx.try_step`` failed: kind, the step's name, attempts and the error."""
+
+    kind: str  # "critical", "timeout", "exhausted" or "rollback"
+    step_name: str
+    attempts: int
+    error: BaseException
+
+
+@attrs.frozen
+class TryStepResult:
+    """The outcome of ``ctx.try_step``: ``ok`` with ``value``, or ``failure``."""
+
+    ok: bool
+    value: object = None
+    failure: TryStepFailure | None = None
+
+
+@attrs.frozen
+class TryBlockFailure:
+    """Why a ``ctx.try_block`` failed: kind (step, join, race, rollback), name, error."""
+
+    kind: str
+    name: str  # the block's name
+    error: BaseException
+
+
+@attrs.frozen
+class TryBlockResult:
+    """The outcome of ``ctx.try_block``: ``ok`` with ``value``, or ``failure``."""
+
+    ok: bool
+    value: object = None
+    failure: TryBlockFailure | None = None

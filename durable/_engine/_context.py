@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import datetime
 import math
-from typing import TYPE_CHECKING, TypeVar, final, overload
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
-from .._history import SLEEP, STEP
+from .._history import SLEEP, STEP, Entry
 from .._types import (
+    DEFAULT_LOOP_COMMIT_INTERVAL,
+    DEFAULT_LOOP_HISTORY_EVERY,
+    DEFAULT_LOOP_HISTORY_KEEP,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF_BASE,
     DEFAULT_RETRY_BACKOFF_MAX,
     DEFAULT_STEP_TIMEOUT,
+    RaceResult,
+    TryBlockResult,
+    TryStepResult,
 )
-from . import _steps, _timers
+from . import _branches, _loops, _queue, _steps, _timers, _tries
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 
     from ._scope import Scope
 
@@ -55,6 +62,75 @@ def _epoch(when: float | datetime.datetime) -> float:
             f"when must be epoch seconds or an aware datetime, not {when!r}"
         )
     return float(when)
+
+
+def _check_kinds(catch: Collection[str], allowed: frozenset[str], what: str) -> None:
+    if isinstance(catch, str) or not set(catch) <= allowed:
+        raise ValueError(
+            f"{what} catch= must be a collection of {sorted(allowed)}, not {catch!r}"
+        )
+
+
+def _check_branches(branches: object, what: str, name: str) -> None:
+    if not isinstance(branches, Mapping) or not branches:
+        raise ValueError(f"{what} {name!r} needs a non-empty dict of branch functions")
+    for branch, fn in branches.items():
+        if not isinstance(branch, str) or not callable(fn):
+            raise TypeError(
+                f"{what} {name!r}: branch {branch!r} must map a str name to an "
+                "async function taking ctx"
+            )
+
+
+@final
+class WorkflowQueue:
+    """``ctx.queue``: the messages sent to this workflow."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+
+    def next(
+        self,
+        name: str,
+        *,
+        names: Iterable[str] | None = None,
+        count: int = 1,
+        timeout: float | None = None,
+    ) -> Awaitable[list[Any]]:
+        """Wait for *count* messages whose name is in *names* (any when ``None``).
+
+        Returns their bodies, oldest first: exactly *count*, or fewer (maybe ``[]``)
+        once *timeout* seconds have passed. Consumed messages are recorded in the
+        same atomic write that removes them from the queue; a replay returns the
+        same bodies and consumes nothing.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:  # type: ignore[redundant-expr]
+            raise ValueError(
+                f"queue.next {name!r}: count must be an int >= 1, not {count!r}"
+            )
+        if isinstance(names, str):
+            raise TypeError(
+                f"queue.next {name!r}: names must be a list of names, not a str"
+            )
+        wanted = None if names is None else frozenset(names)
+        if timeout is not None:
+            timeout = _check_seconds(timeout, "timeout")
+        scope = self._scope
+        entry, fresh = scope.begin(name, _queue.MESSAGE)
+        return scope.track(
+            f"queue.next {name!r}",
+            _queue.next_messages(scope, entry, fresh, wanted, count, timeout),
+        )
+
+    def send(self, name: str, body: object) -> Awaitable[None]:
+        """Send message *name* with *body* to this workflow, once (not on replay)."""
+        scope = self._scope
+        entry, fresh = scope.begin(name, _queue.SEND)
+        return scope.track(
+            f"queue.send {name!r}", _queue.send(scope, entry, fresh, name, body)
+        )
 
 
 @final
@@ -128,6 +204,31 @@ class WorkflowContext:
             RollbackError: *fn* raised it (no retry).
             UnstorableValueError: *fn* returned a value msgpack cannot store.
         """
+        _, run = self._begin_step(
+            name,
+            fn,
+            max_retries,
+            retry_backoff_base,
+            retry_backoff_max,
+            timeout,
+            retry_on_timeout,
+            ephemeral,
+            rollback,
+        )
+        return self._scope.track(f"step {name!r}", run)
+
+    def _begin_step(
+        self,
+        name: str,
+        fn: Callable[[], object],
+        max_retries: int,
+        retry_backoff_base: float,
+        retry_backoff_max: float,
+        timeout: float | None,
+        retry_on_timeout: bool,
+        ephemeral: bool,
+        rollback: object,
+    ) -> tuple[Entry, Coroutine[Any, Any, object]]:
         if not callable(fn):
             raise TypeError(f"step {name!r}: fn must be a callable taking no arguments")
         if (
@@ -148,20 +249,159 @@ class WorkflowContext:
             raise NotImplementedError("rollback handlers are not available yet")
         scope = self._scope
         entry, fresh = scope.begin(name, STEP)
+        return entry, _steps.run_step(
+            scope,
+            entry,
+            fresh,
+            name,
+            fn,
+            max_retries,
+            retry_backoff_base,
+            retry_backoff_max,
+            timeout,
+            retry_on_timeout,
+            ephemeral,
+        )
+
+    def try_step(
+        self,
+        name: str,
+        fn: Callable[[], object],
+        *,
+        catch: Collection[str] = ("critical", "timeout", "exhausted", "rollback"),
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE,
+        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        timeout: float | None = DEFAULT_STEP_TIMEOUT,
+        retry_on_timeout: bool = False,
+        ephemeral: bool = False,
+        rollback: object = None,
+    ) -> Awaitable[TryStepResult]:
+        """Like `step`, but return failures of the *catch* kinds as a result.
+
+        Kinds: ``"critical"``, ``"timeout"``, ``"exhausted"``, ``"rollback"``.
+        Uncaught kinds raise as from `step`.
+        """
+        _check_kinds(catch, _tries.STEP_KINDS, "try_step")
+        entry, run = self._begin_step(
+            name,
+            fn,
+            max_retries,
+            retry_backoff_base,
+            retry_backoff_max,
+            timeout,
+            retry_on_timeout,
+            ephemeral,
+            rollback,
+        )
+        return self._scope.track(
+            f"step {name!r}", _tries.try_step(entry, name, run, frozenset(catch))
+        )
+
+    def try_block(
+        self,
+        name: str,
+        fn: Callable[[WorkflowContext], Awaitable[object]],
+        *,
+        catch: Collection[str] = ("step", "join", "race", "rollback"),
+    ) -> Awaitable[TryBlockResult]:
+        """Run ``await fn(ctx)`` as the named sub-scope *name*, catching failures.
+
+        Kinds: ``"step"`` (a step's critical, timeout, exhausted or unstorable
+        failure), ``"join"``, ``"race"``, ``"rollback"``. Others propagate.
+        """
+        _check_kinds(catch, _tries.BLOCK_KINDS, "try_block")
+        scope = self._scope
+        entry, _ = scope.begin(name, _tries.TRY)
         return scope.track(
-            f"step {name!r}",
-            _steps.run_step(
+            f"try_block {name!r}",
+            _tries.try_block(scope, entry, name, fn, frozenset(catch), WorkflowContext),
+        )
+
+    @property
+    def queue(self) -> WorkflowQueue:
+        """This workflow's message queue: ``ctx.queue.next`` and ``ctx.queue.send``."""
+        return WorkflowQueue(self._scope)
+
+    def join(
+        self,
+        name: str,
+        branches: Mapping[str, Callable[[WorkflowContext], Awaitable[T]]],
+    ) -> Awaitable[dict[str, T]]:
+        """Run every branch ``async (ctx) -> T`` concurrently; return their values.
+
+        Each branch has its own history scope. If any branch fails, the others still
+        finish, then `JoinError` is raised with ``.errors`` for every failure.
+        """
+        scope = self._scope
+        _check_branches(branches, "join", name)
+        entry, _ = scope.begin(name, _branches.JOIN)
+        return scope.track(
+            f"join {name!r}",
+            _branches.join(scope, entry, name, branches, WorkflowContext),  # type: ignore[arg-type]
+        )
+
+    def race(
+        self,
+        name: str,
+        branches: Mapping[str, Callable[[WorkflowContext], Awaitable[object]]],
+    ) -> Awaitable[RaceResult]:
+        """Run the branches concurrently; the first to succeed wins, the rest are cancelled.
+
+        Returns ``RaceResult(winner, value)``; the winner is recorded, so a replay
+        returns the same one. If every branch fails, `RaceError` has ``.errors``.
+        """
+        scope = self._scope
+        _check_branches(branches, "race", name)
+        entry, _ = scope.begin(name, _branches.RACE)
+        return scope.track(
+            f"race {name!r}",
+            _branches.race(scope, entry, name, branches, WorkflowContext),
+        )
+
+    def loop(
+        self,
+        name: str,
+        fn: Callable[[WorkflowContext, Any], Awaitable[object]],
+        *,
+        state: object = None,
+        commit_interval: int = DEFAULT_LOOP_COMMIT_INTERVAL,
+        history_every: int = DEFAULT_LOOP_HISTORY_EVERY,
+        history_keep: int = DEFAULT_LOOP_HISTORY_KEEP,
+    ) -> Awaitable[Any]:
+        """Run ``fn(ctx, state)`` until it returns ``Loop.break_(value)``; return value.
+
+        ``Loop.continue_(new_state)`` (or ``None``, keeping the state) runs another
+        iteration. State is checkpointed every *commit_interval* iterations, and
+        every *history_every* iterations the history of older iterations is pruned,
+        keeping the last *history_keep*, so a loop of any length stays bounded.
+        """
+        for option, value in (
+            ("commit_interval", commit_interval),
+            ("history_every", history_every),
+            ("history_keep", history_keep),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # type: ignore[redundant-expr]
+                raise ValueError(
+                    f"loop {name!r}: {option} must be an int >= 1, not {value!r}"
+                )
+        if not callable(fn):
+            raise TypeError(f"loop {name!r}: fn must be an async function (ctx, state)")
+        scope = self._scope
+        entry, fresh = scope.begin(name, _loops.LOOP)
+        return scope.track(
+            f"loop {name!r}",
+            _loops.loop(
                 scope,
                 entry,
                 fresh,
                 name,
                 fn,
-                max_retries,
-                retry_backoff_base,
-                retry_backoff_max,
-                timeout,
-                retry_on_timeout,
-                ephemeral,
+                state,
+                commit_interval,
+                history_every,
+                history_keep,
+                WorkflowContext,
             ),
         )
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 import traceback
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import anyio
 import anyio.lowlevel
 
 from .._codec import load_value, store_value
-from .._drivers import Batch, Driver
+from .._drivers import Batch, Driver, Subscription
 from .._errors import (
     EntryInProgressError,
     EvictedError,
@@ -41,6 +41,7 @@ from .._errors import (
 from .._history import Entry, History, WorkflowMeta
 from .._layout import WorkflowKeys
 from .._types import StepErrorEvent, WorkflowErrorEvent, WorkflowResult, WorkflowState
+from ._queue import Inbox, load_messages
 from ._scope import Scope
 from ._signals import Evicted, Suspend
 
@@ -103,6 +104,11 @@ class Run:
         self.refused: HistoryDivergedError | EntryInProgressError | None = None
         self._flush_lock = _WriteGate()
         self._wake = anyio.Event()
+        self.tasks = 1  # tasks running workflow code (branches add theirs)
+        self._waits: dict[object, tuple[float | None, tuple[str, ...] | None]] = {}
+        self.inbox = Inbox(self.history.keys)
+        # taken before the history is loaded, so no message can slip between them
+        self.subscription = driver.subscribe(workflow_id)
         self._cancel_scope = anyio.CancelScope()
 
     # --- the run ------------------------------------------------------------------
@@ -122,12 +128,14 @@ class Run:
             return await self._execute()
         finally:
             del runs[self.workflow_id]
+            self.subscription.close()
             self.started.set()
 
     async def _execute(self) -> WorkflowResult:
         from ._context import WorkflowContext  # the façade sits above the run
 
         self.history = history = await History.load(self.driver, self.workflow_id)
+        self.inbox = load_messages(history.keys, history.messages)
         now = self.clock.now()
         meta = history.meta
         if meta is None:
@@ -325,25 +333,35 @@ class Run:
     async def wait(
         self, deadline: float | None, waiting_for: tuple[str, ...] | None = None
     ) -> None:
-        """Wait durably until *deadline* (epoch s): in memory, or by yielding.
+        """Wait durably until *deadline* (epoch s) or, with *waiting_for*, a message.
 
         Short waits (below the driver's poll interval) stay in memory; longer ones
         yield in yield mode, and in live mode record the alarm and wait in memory.
+        A message wait returns on any wake-up; the caller re-checks its inbox.
         """
         if deadline is not None and deadline - self.clock.now() < self.poll_interval:
             await self._wait_in_memory(deadline, waiting_for)
             return
         if self.mode == "yield":
             raise Suspend(deadline, waiting_for)
-        self._set_state(
-            WorkflowState.SLEEPING,
-            alarm=deadline,
-            until=deadline,
-            waiting_for=waiting_for,
-        )
-        await self.flush()
-        await self._wait_in_memory(deadline, waiting_for)
-        self._set_state(WorkflowState.RUNNING, alarm=self.clock.now())
+        token = object()
+        self._waits[token] = (deadline, waiting_for)
+        try:
+            if len(self._waits) == self.tasks:  # every branch waits: the run sleeps
+                until, names = merge_waits(self._waits.values())
+                self._set_state(
+                    WorkflowState.SLEEPING, alarm=until, until=until, waiting_for=names
+                )
+                await self.flush()
+            await self._wait_in_memory(deadline, waiting_for)
+        finally:
+            del self._waits[token]
+        if self.meta_state() == WorkflowState.SLEEPING:
+            self._set_state(WorkflowState.RUNNING, alarm=self.clock.now())
+
+    def meta_state(self) -> WorkflowState:
+        """The state this run last recorded (or will record with the next write)."""
+        return self._require_meta().state
 
     async def _wait_in_memory(
         self, deadline: float | None, waiting_for: tuple[str, ...] | None
@@ -358,9 +376,11 @@ class Run:
                     # the timer ends this wait only; setting the shared wake event
                     # would leave it set and make every later wait return at once
                     tg.start_soon(_cancel_at, clock, deadline, tg.cancel_scope)
+                if waiting_for is not None:
+                    tg.start_soon(_cancel_on_notify, self.subscription, tg.cancel_scope)
                 await wake.wait()
                 tg.cancel_scope.cancel()
-            if deadline is None:
+            if waiting_for is not None:
                 return
 
     async def report(self, event: ErrorEvent) -> None:
@@ -401,6 +421,28 @@ class _WriteGate:
         if self._freed is not None:
             self._freed.set()
             self._freed = None
+
+
+async def _cancel_on_notify(
+    subscription: Subscription, scope: anyio.CancelScope
+) -> None:
+    await subscription.wait()
+    scope.cancel()
+
+
+def merge_waits(
+    waits: Iterable[tuple[float | None, tuple[str, ...] | None]],
+) -> tuple[float | None, tuple[str, ...] | None]:
+    """The earliest deadline and every awaited message name of several waits."""
+    deadlines = [deadline for deadline, _ in waits if deadline is not None]
+    names: set[str] | None = None
+    for _, waiting_for in waits:
+        if waiting_for is not None:
+            names = (names or set()) | set(waiting_for)
+    return (
+        min(deadlines) if deadlines else None,
+        None if names is None else tuple(sorted(names)),
+    )
 
 
 async def _cancel_at(clock: Clock, deadline: float, scope: anyio.CancelScope) -> None:

@@ -1,0 +1,115 @@
+"""Durable loops with bounded history.
+
+Iteration k of a loop at location L is the scope ``L + (k,)`` (a nested-tuple key
+item), so one range delete removes whole iterations with everything inside them.
+The loop entry holds ``[next_iteration, state, output, pruned_below]``:
+
+* the state is checkpointed every ``commit_interval`` iterations; after a crash the
+  loop restarts at the last checkpoint and replays the iterations after it from
+  their (unpruned) history, which rebuilds the same state;
+* every ``history_every`` iterations the history of iterations older than both the
+  last ``history_keep`` and the last checkpoint is deleted, so a loop of any length
+  keeps a bounded number of keys (W4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+from .._codec import load_value, store_value
+from .._history import COMPLETED, Entry
+from .._keys import encode_int
+from .._types import Loop
+from ._scope import Scope
+
+if TYPE_CHECKING:
+    from ._context import WorkflowContext
+    from ._run import Run
+
+LOOP: Final = "loop"
+
+LoopFn = Callable[["WorkflowContext", object], Awaitable[object]]
+MakeContext = Callable[[Scope], "WorkflowContext"]
+
+
+def iteration_location(loop: bytes, iteration: int) -> bytes:
+    """The location of iteration *iteration* of the loop at *loop*."""
+    return loop + b"\x05" + encode_int(iteration) + b"\x00"
+
+
+async def loop(
+    scope: Scope,
+    entry: Entry,
+    fresh: bool,
+    name: str,
+    fn: LoopFn,
+    state: object,
+    commit_interval: int,
+    history_every: int,
+    history_keep: int,
+    make_context: MakeContext,
+) -> object:
+    """Run ``fn(ctx, state)`` until it returns ``Loop.break_``; see the module docs."""
+    run = scope.run
+    what = f"loop {name!r} of workflow {run.workflow_id!r}"
+    if entry.status == COMPLETED:
+        return load_value(entry.data[2], entry.location)  # type: ignore[index]
+    if fresh:
+        iteration, pruned_below = 0, 0
+        state_bytes, state = store_value(state, f"the state of {what}")
+        entry.data = [iteration, state_bytes, None, pruned_below]
+        run.record(entry)  # rides with the first durable write inside the loop
+    else:
+        iteration, state_bytes, _, pruned_below = entry.data  # type: ignore[misc]
+        state = load_value(state_bytes, entry.location)
+    checkpoint, checkpoint_state = iteration, state_bytes
+    while True:
+        body_scope = Scope(run, iteration_location(entry.location, iteration))
+        try:
+            result = await fn(make_context(body_scope), state)
+            body_scope.end()
+        finally:
+            body_scope.abandon()
+        iteration += 1
+        if isinstance(result, Loop.Break):
+            output_bytes, output = store_value(result.value, f"the output of {what}")
+            pruned_below = _prune(run, entry, pruned_below, iteration - history_keep)
+            entry.data = [iteration, None, output_bytes, pruned_below]
+            entry.status = COMPLETED
+            entry.finished_at = run.clock.now()
+            run.record(entry)
+            await run.flush()
+            return output
+        if isinstance(result, Loop.Continue):
+            state_bytes, state = store_value(result.state, f"the state of {what}")
+        elif result is not None:
+            raise TypeError(
+                f"the body of {what} returned {type(result).__name__}; return "
+                "Loop.continue_(state), Loop.break_(value) or None"
+            )
+        changed = iteration % commit_interval == 0
+        if changed:
+            checkpoint, checkpoint_state = iteration, state_bytes
+        if iteration % history_every == 0:
+            below = min(iteration - history_keep, checkpoint)
+            if below > pruned_below:
+                pruned_below = _prune(run, entry, pruned_below, below)
+                changed = True
+        if changed:
+            entry.data = [checkpoint, checkpoint_state, None, pruned_below]
+            run.record(entry)
+            await run.flush()
+
+
+def _prune(run: Run, entry: Entry, start: int, end: int) -> int:
+    """Delete iterations ``[start, end)`` in the next write and from memory."""
+    if end <= start:
+        return start
+    first = iteration_location(entry.location, start)
+    last = iteration_location(entry.location, end)
+    keys = run.history.keys
+    run.pending.delete_range(keys.entry + first, keys.entry + last)
+    run.pending.delete_range(keys.entry_meta + first, keys.entry_meta + last)
+    run.history.forget(first, last)
+    return end

@@ -1,0 +1,197 @@
+"""Messages: a durable per-workflow queue, consumed exactly once by ``queue.next``.
+
+A message is a key ``(1, id, 5, sequence)`` holding ``[name, body, sent_at]``; the
+sequence orders messages by arrival (see `next_sequence`). ``queue.next`` records
+the bodies it returns in its entry and deletes the consumed messages *in the same
+atomic batch*, so a message is consumed once and never lost, and a replay returns
+the recorded bodies without touching the queue. ``queue.send`` is an entry too, so
+a replay never sends twice.
+
+Rule: the run's `Inbox` mirrors the unconsumed messages; it is refreshed from the
+store only when it cannot satisfy a wait.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from .._codec import dump_record, load_record, load_value, store_value
+from .._errors import CorruptRecordError
+from .._history import COMPLETED, Entry
+from .._keys import encode_int
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from .._clock import Clock
+    from .._drivers import Batch, Driver
+    from .._layout import WorkflowKeys
+    from ._scope import Scope
+
+MESSAGE: Final = "message"
+SEND: Final = "send"
+
+_last_sequence = 0
+
+
+def next_sequence(clock: Clock) -> int:
+    """A message sequence number: nanoseconds since the epoch, unique in-process.
+
+    Arrival order within a process is exact; across processes it is clock order.
+    """
+    global _last_sequence
+    _last_sequence = max(_last_sequence + 1, int(clock.now() * 1e9))
+    return _last_sequence
+
+
+@attrs.define(slots=True)
+class Message:
+    """One queued, unconsumed message."""
+
+    key: bytes
+    name: str
+    body: bytes  # encoded user value
+    sent_at: float
+
+    @classmethod
+    def from_item(cls, key: bytes, value: bytes) -> Message:
+        """Decode a stored message."""
+        record = load_record(value, key)
+        try:
+            name, body, sent_at = record[:3]
+            return cls(key, str(name), bytes(body), float(sent_at))
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecordError(key, f"bad message record ({exc})") from None
+
+
+def put_message(
+    batch: Batch, keys: WorkflowKeys, clock: Clock, name: str, body: bytes
+) -> Message:
+    """Add a new message to *batch* and return it."""
+    key = keys.message + encode_int(next_sequence(clock))
+    now = clock.now()
+    batch.put(key, dump_record([name, body, now]))
+    return Message(key, name, body, now)
+
+
+class Inbox:
+    """The unconsumed messages of one workflow, in arrival order."""
+
+    def __init__(self, keys: WorkflowKeys) -> None:
+        self._keys = keys
+        self._messages: OrderedDict[bytes, Message] = OrderedDict()
+        self._last_key = keys.message
+
+    def add(self, message: Message) -> None:
+        """Add a message that arrived (or was loaded)."""
+        if message.key not in self._messages and message.key > self._last_key:
+            self._messages[message.key] = message
+            self._last_key = message.key
+
+    def matching(self, names: frozenset[str] | None, count: int) -> list[Message]:
+        """The oldest *count* (or fewer) messages whose name is in *names*."""
+        found = []
+        for message in self._messages.values():
+            if names is None or message.name in names:
+                found.append(message)
+                if len(found) == count:
+                    break
+        return found
+
+    def consume(self, messages: Iterable[Message], batch: Batch) -> None:
+        """Remove *messages* here and, in *batch*, from the store."""
+        for message in messages:
+            del self._messages[message.key]
+            batch.delete(message.key)
+
+    async def refresh(self, driver: Driver) -> None:
+        """Read messages that arrived after the newest one seen."""
+        start = self._last_key + b"\x00"
+        end = self._keys.scan_range[1]
+        for key, value in await driver.list_range(start, end):
+            self.add(Message.from_item(key, value))
+
+
+def describe_names(names: frozenset[str] | None) -> tuple[str, ...]:
+    """What a run waits for: the names, sorted, or ``()`` for any message."""
+    return () if names is None else tuple(sorted(names))
+
+
+async def next_messages(
+    scope: Scope,
+    entry: Entry,
+    fresh: bool,
+    names: frozenset[str] | None,
+    count: int,
+    timeout: float | None,
+) -> list[object]:
+    """Wait for *count* matching messages (fewer once *timeout* expires) and consume them."""
+    run = scope.run
+    if entry.status == COMPLETED:
+        recorded: list[bytes] = entry.data[1]  # type: ignore[index]
+        return [load_value(body, entry.location) for body in recorded]
+    clock = run.clock
+    if fresh:
+        deadline = None if timeout is None else clock.now() + timeout
+        entry.data = [deadline, None]
+        if (
+            deadline is not None
+            and timeout is not None
+            and timeout >= run.poll_interval
+        ):
+            run.record(entry)  # the deadline must be durable before a long wait
+    else:
+        deadline = entry.data[0]  # type: ignore[index]
+    waiting_for = describe_names(names)
+    inbox = run.inbox
+    refreshed = fresh  # a fresh run's inbox came with the history load
+    while True:
+        found = inbox.matching(names, count)
+        expired = deadline is not None and clock.now() >= deadline
+        if len(found) < count and not expired and not refreshed:
+            await inbox.refresh(run.driver)
+            refreshed = True
+            continue
+        if len(found) == count or expired:
+            inbox.consume(found, run.pending)
+            bodies = [message.body for message in found]
+            entry.data = [deadline, bodies]
+            entry.status = COMPLETED
+            entry.finished_at = clock.now()
+            run.record(entry)
+            await run.flush()
+            return [
+                load_value(body, message.key)
+                for body, message in zip(bodies, found, strict=True)
+            ]
+        await run.wait(deadline, waiting_for)
+        refreshed = False
+
+
+async def send(
+    scope: Scope, entry: Entry, fresh: bool, name: str, body: object
+) -> None:
+    """Enqueue a message to this workflow once; a replay does not send again."""
+    if not fresh and entry.status == COMPLETED:
+        return
+    run = scope.run
+    data, _ = store_value(
+        body, f"message {name!r} sent by workflow {run.workflow_id!r}"
+    )
+    message = put_message(run.pending, run.history.keys, run.clock, name, data)
+    run.inbox.add(message)
+    entry.status = COMPLETED
+    entry.finished_at = run.clock.now()
+    run.record(entry)
+    await run.flush()
+
+
+def load_messages(keys: WorkflowKeys, items: Iterable[tuple[bytes, bytes]]) -> Inbox:
+    """Build an inbox from stored message items (in key order)."""
+    inbox = Inbox(keys)
+    for key, value in items:
+        inbox.add(Message.from_item(key, value))
+    return inbox
