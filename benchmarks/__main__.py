@@ -167,6 +167,86 @@ async def w3(bench: Bench) -> dict[str, Any]:
     return {"n": n, "seconds": seconds, "extra": {"steps_each": 10, "in_flight": 100}}
 
 
+@workload("W4")
+async def w4(bench: Bench) -> dict[str, Any]:
+    """One ctx.loop of n iterations, one step each, default pruning."""
+    n = bench.n(10_000)
+
+    async def body(ctx: durable.WorkflowContext, state: int) -> object:
+        value = await ctx.step("add", functools.partial(int.__add__, state, 1))
+        return (
+            durable.Loop.break_(value) if value >= n else durable.Loop.continue_(value)
+        )
+
+    async def looping(ctx: durable.WorkflowContext, _: object) -> object:
+        return await ctx.loop("loop", body, state=0)
+
+    async with bench.driver() as driver:
+        handle = durable.run_workflow("w4", looping, None, driver=driver)
+        started = time.perf_counter()
+        result = await handle.result()
+        seconds = time.perf_counter() - started
+        keys = len(await driver.list_range(b"", b"\xff"))
+    if result.output != n:
+        raise RuntimeError(f"W4 ended with {result.output!r}, not {n}")
+    return {"n": n, "seconds": seconds, "extra": {"keys": keys}}
+
+
+@workload("W5")
+async def w5(bench: Bench) -> dict[str, Any]:
+    """One workflow reads n messages with queue.next while n are sent to it."""
+    n = bench.n(1000)
+
+    async def reader(ctx: durable.WorkflowContext, _: object) -> int:
+        total = 0
+        for i in range(n):
+            [body] = await ctx.queue.next(f"m{i}", names=["m"])
+            total += body
+        return total
+
+    async with bench.driver() as driver:
+        handle = durable.run_workflow("w5", reader, None, driver=driver)
+        started = time.perf_counter()
+        async with handle:
+            for i in range(n):
+                await handle.message("m", i)
+            result = await handle.result()
+        seconds = time.perf_counter() - started
+    if result.output != sum(range(n)):
+        raise RuntimeError("W5 lost or duplicated messages")
+    return {"n": n, "seconds": seconds, "extra": {"sender": "ahead"}}
+
+
+@workload("W5p")
+async def w5p(bench: Bench) -> dict[str, Any]:
+    """Ping-pong: send one message, wait until the live workflow consumed it and ran
+    one step, n times."""
+    n = bench.n(1000)
+    consumed = anyio.Event()
+
+    def ack() -> int:
+        consumed.set()
+        return 1
+
+    async def ponger(ctx: durable.WorkflowContext, _: object) -> int:
+        for i in range(n):
+            await ctx.queue.next(f"ping{i}", names=["ping"])
+            await ctx.step(f"pong{i}", ack)
+        return n
+
+    async with bench.driver() as driver:
+        handle = durable.run_workflow("w5p", ponger, None, driver=driver)
+        started = time.perf_counter()
+        async with handle:
+            for i in range(n):
+                await handle.message("ping", i)
+                await consumed.wait()
+                consumed = anyio.Event()
+            await handle.result()
+        seconds = time.perf_counter() - started
+    return {"n": n, "seconds": seconds, "extra": {}}
+
+
 @workload("W6")
 async def w6(bench: Bench) -> dict[str, Any]:
     """n workflows that each sleep 10 ms then run one step, live mode."""
@@ -210,10 +290,11 @@ async def w7(bench: Bench) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    by_upper = {name.upper(): name for name in WORKLOADS}
     names = (
         list(WORKLOADS)
         if not args.only
-        else [w.strip().upper() for w in args.only.split(",")]
+        else [by_upper.get(w.strip().upper(), w.strip()) for w in args.only.split(",")]
     )
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown:

@@ -11,6 +11,7 @@ from ._base import (
     DELETE,
     DELETE_RANGE,
     PUT,
+    RESERVED_PREFIX,
     SET_ALARM,
     Alarm,
     Batch,
@@ -57,8 +58,9 @@ class MemoryDriver(Driver):
         """Return pairs with ``start <= key < end`` in key order (see `Driver`)."""
         self._check_open()
         check_limit(limit)
+        end = min(end, RESERVED_PREFIX)  # drivers' own keys are never listed
         lo = bisect.bisect_left(self._keys, start)
-        hi = bisect.bisect_left(self._keys, end, lo)
+        hi = bisect.bisect_left(self._keys, end, lo) if start < end else lo
         keys = self._keys[lo:hi]
         if reverse:
             keys.reverse()

@@ -94,7 +94,16 @@ async def run_step(
             value = await _call(fn, timeout)
         except (CriticalError, RollbackError) as exc:
             kind = ROLLBACK if isinstance(exc, RollbackError) else CRITICAL
-            await _fail(scope, entry, name, max_retries, kind, exc)
+            cls = type(exc)
+            await _fail(
+                scope,
+                entry,
+                name,
+                max_retries,
+                kind,
+                exc,
+                detail=f"{cls.__module__}:{cls.__qualname__}",
+            )
             raise
         except _TimeoutExpiredError:
             timed_out = StepTimeoutError(name, timeout or 0.0)
@@ -198,15 +207,32 @@ async def _fail(
     )
 
 
+def _rebuild(base: type[Exception], qualified_name: str, message: str) -> Exception:
+    """Rebuild a user's subclass of *base* by its recorded name, else *base* itself.
+
+    Only classes already defined in this process are considered (never imported
+    by name), so ``except CardDeclined:`` catches the replayed failure too.
+    """
+    pending = [base]
+    while pending:
+        cls = pending.pop()
+        if f"{cls.__module__}:{cls.__qualname__}" == qualified_name:
+            try:
+                return cls(message)
+            except Exception:  # its constructor wants other arguments
+                break
+        pending.extend(cls.__subclasses__())
+    return base(message)
+
+
 def _replayed_failure(
     failure: StepFailure, name: str, attempts: int, timeout: float | None
 ) -> BaseException:
     """The exception a recorded failure raised, rebuilt from its description."""
     message = failure.error.message
-    if failure.kind == CRITICAL:
-        return CriticalError(message)
-    if failure.kind == ROLLBACK:
-        return RollbackError(message)
+    if failure.kind in (CRITICAL, ROLLBACK):
+        base = CriticalError if failure.kind == CRITICAL else RollbackError
+        return _rebuild(base, failure.detail, message)
     if failure.kind == TIMEOUT:
         return StepTimeoutError(name, float(failure.detail or timeout or 0.0))
     if failure.kind == UNSTORABLE:

@@ -728,6 +728,10 @@ class TestUnstorableOutput:
         assert all("make-object" in str(exc) for exc in caught)
 
 
+class CardDeclinedError(durable.CriticalError):
+    """A user's own critical error, caught by its own type."""
+
+
 class TestCaughtFailures:
     async def test_workflow_that_catches_a_step_failure_continues(
         self, driver: durable.Driver
@@ -782,6 +786,32 @@ class TestCaughtFailures:
         assert (await handle.result()).output == "after"
         assert counter["call"] == 1
         assert caught == [error_type, error_type]
+
+    async def test_replayed_failure_keeps_a_user_subclass_of_critical_error(
+        self, driver: durable.Driver
+    ) -> None:
+        clock = JumpClock()
+        caught: list[BaseException] = []
+
+        def declined() -> None:
+            raise CardDeclinedError("card declined")
+
+        async def wf(ctx: durable.WorkflowContext, _: object) -> object:
+            try:
+                await ctx.step("charge", declined)
+            except CardDeclinedError as exc:
+                caught.append(exc)
+            await ctx.sleep("nap", HOUR)
+            return "after"
+
+        handle = durable.run_workflow(
+            "w", wf, None, driver=driver, mode="yield", clock=clock
+        )
+        await handle.result()
+        clock.advance(HOUR)
+        assert (await handle.result()).output == "after"
+        assert [type(exc) for exc in caught] == [CardDeclinedError, CardDeclinedError]
+        assert str(caught[1]) == "card declined"
 
     async def test_replayed_exhausted_error_keeps_step_name_and_attempts(
         self, driver: durable.Driver
