@@ -265,7 +265,8 @@ class WorkflowHandle:
     async def recover(self) -> None:
         """Reset a failed workflow's failed steps and error and schedule it to run again.
 
-        Completed steps are not run again. Does nothing unless the workflow is ``failed``.
+        The steps that failed it run again with fresh attempts (a failure the
+        workflow caught and got past stays recorded); completed steps do not. Does nothing unless the workflow is ``failed``.
 
         Raises:
             UnknownWorkflowError: the store holds no such workflow.
@@ -280,7 +281,9 @@ class WorkflowHandle:
             keys = history.keys
             batch = Batch()
             for entry in history.entries.values():
-                if entry.status == FAILED:
+                # a failure the workflow caught and went past stays: re-running it
+                # could send the code down another path than its recorded history
+                if entry.status == FAILED and not history.has_later_entry(entry):
                     entry.status = RETRYING
                     entry.attempts = 0
                     entry.retry_at = None

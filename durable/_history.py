@@ -258,6 +258,13 @@ class History:
             self.by_seq.pop((scope, entry.seq), None)
             self.scope_sizes.pop(scope, None)
 
+    def has_later_entry(self, entry: Entry) -> bool:
+        """Whether *entry*'s scope recorded anything after it."""
+        scope = entry.location[
+            : len(entry.location) - len(encode_int(entry.name_index))
+        ]
+        return self.scope_sizes.get(scope, 0) > entry.seq + 1
+
     def intern(self, name: str) -> tuple[int, bool]:
         """Return the index of *name* and whether it was newly interned."""
         index = self.name_index.get(name)

@@ -608,6 +608,39 @@ class TestRecover:
         assert result.output == ["A", "F"]
         assert counter.calls == {"a": 1, "flaky": 3}
 
+    async def test_recover_keeps_a_failure_the_workflow_caught_and_got_past(
+        self, driver: durable.Driver
+    ) -> None:
+        counter = Counter()
+        broken = [True]
+
+        def lookup() -> str:
+            counter("lookup")
+            raise durable.CriticalError("no such customer")
+
+        def charge() -> str:
+            counter("charge")
+            if broken[0]:
+                raise durable.CriticalError("gateway down")
+            return "charged"
+
+        async def wf(ctx: durable.WorkflowContext, _: object) -> object:
+            customer = None
+            try:
+                customer = await ctx.step("lookup", lookup)
+            except durable.CriticalError:
+                customer = "guest"  # the workflow goes on without a customer
+            return await ctx.step("charge", charge) + f" {customer}"
+
+        handle = durable.run_workflow("w", wf, None, driver=driver, clock=JumpClock())
+        with pytest.raises(durable.WorkflowFailedError):
+            await handle.result()
+        broken[0] = False
+        await handle.recover()
+        result = await handle.result()
+        assert result.output == "charged guest"
+        assert counter.calls == {"lookup": 1, "charge": 2}
+
     async def test_recover_gives_the_failed_step_its_retries_again(
         self, driver: durable.Driver
     ) -> None:
