@@ -23,6 +23,17 @@ class Clock(ABC):
     async def sleep_until(self, deadline: float) -> None:
         """Return once ``now() >= deadline``; cancellable like any anyio wait."""
 
+    def cancel_scope(self, deadline: float) -> anyio.CancelScope:
+        """Return a cancel scope that cancels itself once ``now() >= deadline``.
+
+        The engine bounds step timeouts with it. This default maps the deadline
+        onto anyio's own clock; a clock with virtual time overrides it to cancel
+        the scope when its time passes *deadline*.
+        """
+        return anyio.CancelScope(
+            deadline=anyio.current_time() + max(0.0, deadline - self.now())
+        )
+
 
 class SystemClock(Clock):
     """Wall-clock time from the operating system."""

@@ -423,6 +423,11 @@ class _WriteGate:
             self._freed = None
 
 
+async def _cancel_at(clock: Clock, deadline: float, scope: anyio.CancelScope) -> None:
+    await clock.sleep_until(deadline)
+    scope.cancel()
+
+
 async def _cancel_on_notify(
     subscription: Subscription, scope: anyio.CancelScope
 ) -> None:
@@ -443,11 +448,6 @@ def merge_waits(
         min(deadlines) if deadlines else None,
         None if names is None else tuple(sorted(names)),
     )
-
-
-async def _cancel_at(clock: Clock, deadline: float, scope: anyio.CancelScope) -> None:
-    await clock.sleep_until(deadline)
-    scope.cancel()
 
 
 _UNKNOWN_ERROR = WorkflowError("Error", "the workflow failed with an unrecorded error")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Final
 
-import anyio
-
 from .._codec import load_value, store_value
 from .._errors import (
     CriticalError,
@@ -32,6 +30,7 @@ from ._run import describe_exception
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._clock import Clock
     from ._scope import Scope
 
 # Failure kinds, as `try_step(catch=...)` names them.
@@ -52,13 +51,15 @@ def backoff(attempt: int, base: float, maximum: float) -> float:
     return float(min(base * 2 ** (attempt - 1), maximum))
 
 
-async def _call(fn: Callable[[], object], timeout: float | None) -> object:
+async def _call(
+    fn: Callable[[], object], timeout: float | None, clock: Clock
+) -> object:
     result = fn()
     if not inspect.isawaitable(result):
         return result  # sync callables run inline on the event loop
     if not timeout:
         return await result
-    with anyio.move_on_after(timeout):
+    with clock.cancel_scope(clock.now() + timeout):
         return await result
     raise _TimeoutExpiredError
 
@@ -91,7 +92,7 @@ async def run_step(
         entry.attempts += 1
         entry.started_at = clock.now()
         try:
-            value = await _call(fn, timeout)
+            value = await _call(fn, timeout, clock)
         except (CriticalError, RollbackError) as exc:
             kind = ROLLBACK if isinstance(exc, RollbackError) else CRITICAL
             cls = type(exc)
