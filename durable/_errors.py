@@ -129,9 +129,9 @@ class EntryInProgressError(DurableError):
 
     def __init__(self, workflow_id: str, pending: str, called: str) -> None:
         super().__init__(
-            f"workflow {workflow_id!r}: {called} was called while {pending} was never "
-            "awaited; await every ctx call before the next one (use ctx.join for "
-            "concurrency)"
+            f"workflow {workflow_id!r}: {called} was called while {pending} had not "
+            "finished; await every ctx call before the next one, use ctx.join for "
+            "concurrency, and inside a branch or loop body use the ctx it receives"
         )
         self.workflow_id = workflow_id
         self.pending = pending
@@ -218,6 +218,7 @@ class UnstorableValueError(DurableError, TypeError):
         )
         self.what = what
         self.value_type = value_type
+        self.reason = reason
 
 
 class StorageError(DurableError):

@@ -57,6 +57,7 @@ class Batch:
 
     # (code, key or workflow id, value or end or time): Any keeps drivers' loops cheap
     ops: list[tuple[int, Any, Any]] = attrs.field(factory=list)
+    has_notify: bool = False  # lets drivers skip scanning for NOTIFY ops (W1)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -91,10 +92,12 @@ class Batch:
     def notify(self, workflow_id: str) -> None:
         """Wake the workflow's subscribers once this batch has committed."""
         self.ops.append((NOTIFY, workflow_id, None))
+        self.has_notify = True
 
     def extend(self, other: Batch) -> None:
         """Append every op of *other*, keeping their order."""
         self.ops.extend(other.ops)
+        self.has_notify = self.has_notify or other.has_notify
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -126,6 +129,16 @@ class Subscription:
     def set(self) -> None:
         """Mark the subscription notified (called by the driver)."""
         self._event.set()
+
+    @property
+    def notified(self) -> bool:
+        """True when a notify arrived that no ``wait()`` or ``clear()`` consumed."""
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        """Forget a notify that arrived (before re-reading what it announced)."""
+        if self._event.is_set():
+            self._event = anyio.Event()
 
     async def wait(self) -> None:
         """Wait for the next notify, then re-arm."""
@@ -165,7 +178,7 @@ class LocalNotifier:
 
     def notify_batch(self, batch: Batch) -> None:
         """Deliver the ``notify`` ops of a committed batch."""
-        if not self._subscribers:
+        if not batch.has_notify or not self._subscribers:
             return
         for code, workflow_id, _ in batch.ops:
             if code == NOTIFY:

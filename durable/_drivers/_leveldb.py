@@ -137,18 +137,21 @@ class LevelDBDriver(Driver):
 
     async def write(self, batch: Batch) -> None:
         """Apply *batch* as one LevelDB write batch (fsynced if ``sync=True``)."""
-        db = self._live_db()
+        db = self._db
+        if db.closed:
+            raise StorageError(f"the LevelDB store at {self.path} is closed")
         ops = batch.ops
         wb = db.write_batch(sync=self.sync)
-        if len(ops) <= 3 and all(op[0] <= DELETE for op in ops):
-            # W1 hot path: a step's entry + metadata puts need no bookkeeping.
-            for code, key, value in ops:
-                if code == PUT:
-                    wb.put(key, value)
-                else:
-                    wb.delete(key)
-        else:
-            self._fill(db, wb, ops)
+        for code, key, value in ops:
+            # W1 hot path: plain puts and deletes need no bookkeeping
+            if code == PUT:
+                wb.put(key, value)
+            elif code == DELETE:
+                wb.delete(key)
+            else:
+                wb.clear()
+                self._fill(db, wb, ops)
+                break
         try:
             wb.write()
         except plyvel.Error as exc:

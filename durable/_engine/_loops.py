@@ -82,12 +82,15 @@ async def loop(
             await run.flush()
             return output
         if isinstance(result, Loop.Continue):
-            state_bytes, state = store_value(result.state, f"the state of {what}")
+            state = result.state
         elif result is not None:
             raise TypeError(
                 f"the body of {what} returned {type(result).__name__}; return "
                 "Loop.continue_(state), Loop.break_(value) or None"
             )
+        # re-encoded after None too: the body may have changed the state in place,
+        # and a checkpoint of the old bytes would resume with a different state
+        state_bytes, state = store_value(state, f"the state of {what}")
         changed = iteration % commit_interval == 0
         if changed:
             checkpoint, checkpoint_state = iteration, state_bytes

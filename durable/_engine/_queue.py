@@ -147,14 +147,18 @@ async def next_messages(
         deadline = entry.data[0]  # type: ignore[index]
     waiting_for = describe_names(names)
     inbox = run.inbox
-    refreshed = fresh  # a fresh run's inbox came with the history load
+    # Look at the store once before waiting or giving up, even on a fresh run: a
+    # message may have arrived since the history load (during a step, say), and a
+    # run must neither time out past it nor yield asleep with it queued.
+    refreshed = False
     while True:
         found = inbox.matching(names, count)
-        expired = deadline is not None and clock.now() >= deadline
-        if len(found) < count and not expired and not refreshed:
+        if len(found) < count and not refreshed:
+            run.subscription.clear()  # what it announced is read next
             await inbox.refresh(run.driver)
             refreshed = True
             continue
+        expired = deadline is not None and clock.now() >= deadline
         if len(found) == count or expired:
             inbox.consume(found, run.pending)
             bodies = [message.body for message in found]

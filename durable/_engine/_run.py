@@ -136,6 +136,7 @@ class Run:
 
         self.history = history = await History.load(self.driver, self.workflow_id)
         self.inbox = load_messages(history.keys, history.messages)
+        self.subscription.clear()  # whatever it announced so far was just loaded
         now = self.clock.now()
         meta = history.meta
         if meta is None:
@@ -221,9 +222,14 @@ class Run:
         raise WorkflowFailedError(self.workflow_id, error) from exc
 
     async def _suspend(self, suspend: Suspend) -> WorkflowResult:
+        alarm = suspend.until
+        if suspend.waiting_for is not None and self.subscription.notified:
+            # a message arrived since the inbox was last read; its sender may have
+            # seen this run as running and set no alarm: make the workflow due now
+            alarm = self.clock.now()
         self._set_state(
             WorkflowState.SLEEPING,
-            alarm=suspend.until,
+            alarm=alarm,
             until=suspend.until,
             waiting_for=suspend.waiting_for,
         )
@@ -263,7 +269,11 @@ class Run:
             raise self._write_error
         if not self.pending:
             return
-        async with self._flush_lock:
+        gate = self._flush_lock
+        if gate.busy:
+            await gate.wait_free()
+        gate.busy = True
+        try:
             if self.cancelled:
                 self.pending = Batch()  # cancel won: nothing more is recorded
             else:
@@ -276,6 +286,8 @@ class Run:
                     if isinstance(exc, Exception):
                         self._write_error = exc
                     raise
+        finally:
+            gate.release()
         if self.cancelled:
             await anyio.lowlevel.checkpoint()  # delivers the run's cancellation
 
@@ -403,24 +415,32 @@ class _WriteGate:
     flush concurrently or a cancel races a flush.
     """
 
-    __slots__ = ("_busy", "_freed")
+    __slots__ = ("_freed", "busy")
 
     def __init__(self) -> None:
-        self._busy = False
+        self.busy = False
         self._freed: anyio.Event | None = None
 
-    async def __aenter__(self) -> None:
-        while self._busy:
+    async def wait_free(self) -> None:
+        """Wait until nobody holds the gate (the caller then sets ``busy``)."""
+        while self.busy:
             if self._freed is None:
                 self._freed = anyio.Event()
             await self._freed.wait()
-        self._busy = True
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._busy = False
+    def release(self) -> None:
+        """Free the gate and wake whoever waits for it."""
+        self.busy = False
         if self._freed is not None:
             self._freed.set()
             self._freed = None
+
+    async def __aenter__(self) -> None:
+        await self.wait_free()
+        self.busy = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 async def _cancel_at(clock: Clock, deadline: float, scope: anyio.CancelScope) -> None:

@@ -74,23 +74,29 @@ class Scope:
                 )
             )
         self._names.add(name)
-        index, new_name = history.intern(name)
-        if new_name:
-            run.pending.put(history.keys.name_key(index), name.encode())
-        location = self.location + encode_int(index)
+        index = history.name_index.get(name)
+        new_name = index is None
+        if index is None:
+            index, _ = history.intern(name)
+            index_bytes = encode_int(index)
+            run.pending.put(history.keys.name + index_bytes, name.encode())
+        else:
+            index_bytes = encode_int(index)
+        location = self.location + index_bytes
         seq = self._counter
         self._counter = seq + 1
-        recorded = history.by_seq.get((self.location, seq))
-        if recorded is not None:
-            if recorded.location != location or recorded.kind != kind:
-                raise self._diverged(recorded, f"{kind} {name!r}")
-            return recorded, False
+        if history.by_seq:  # replaying: the k-th call must match the k-th entry
+            recorded = history.by_seq.get((self.location, seq))
+            if recorded is not None:
+                if recorded.location != location or recorded.kind != kind:
+                    raise self._diverged(recorded, f"{kind} {name!r}")
+                return recorded, False
         if not new_name and location in history.entries:
             raise self._diverged(
                 history.entries[location], f"{kind} {name!r} in another place"
             )
         entry = Entry(location, kind, seq, index)
-        history.add(entry)
+        history.entries[location] = entry  # new entries need no replay index
         return entry, True
 
     def track(

@@ -11,7 +11,6 @@ and one batch write.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Final
 
 from .._codec import load_value, store_value
@@ -55,7 +54,7 @@ async def _call(
     fn: Callable[[], object], timeout: float | None, clock: Clock
 ) -> object:
     result = fn()
-    if not inspect.isawaitable(result):
+    if not hasattr(result, "__await__"):
         return result  # sync callables run inline on the event loop
     if not timeout:
         return await result
@@ -87,7 +86,6 @@ async def run_step(
         if entry.retry_at is not None:
             await run.wait(entry.retry_at)
     clock = run.clock
-    what = f"step {name!r} of workflow {run.workflow_id!r}"
     while True:
         entry.attempts += 1
         entry.started_at = clock.now()
@@ -118,18 +116,23 @@ async def run_step(
             error = exc
         else:
             try:
-                entry.data, decoded = store_value(value, what)
-            except UnstorableValueError as exc:
+                entry.data, decoded = store_value(value, "")
+            except UnstorableValueError as unnamed:
+                unstorable = UnstorableValueError(
+                    f"step {name!r} of workflow {run.workflow_id!r}",
+                    unnamed.value_type,
+                    unnamed.reason,
+                )
                 await _fail(
                     scope,
                     entry,
                     name,
                     max_retries,
                     UNSTORABLE,
-                    exc,
-                    detail=exc.value_type,
+                    unstorable,
+                    detail=unstorable.value_type,
                 )
-                raise
+                raise unstorable from None
             entry.status = COMPLETED
             entry.finished_at = clock.now()
             entry.retry_at = None
