@@ -125,10 +125,12 @@ def dump_record(record: list[object]) -> bytes:
 def load_record(data: bytes, key: bytes) -> list[Any]:
     """Decode an internal record, or raise `CorruptRecordError` naming *key*."""
     try:
-        record = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        # records hold no maps and no raw strings: the defaults, whose call costs
+        # half of one with keyword arguments (W2: two records per replayed step)
+        record = msgpack.unpackb(data)
     except Exception as exc:
         raise CorruptRecordError(key, f"undecodable record ({exc})") from None
-    if not isinstance(record, list):
+    if type(record) is not list:
         raise CorruptRecordError(
             key, f"expected a record list, found {type(record).__name__}"
         )

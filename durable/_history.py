@@ -17,7 +17,7 @@ import attrs
 
 from ._codec import dump_record, load_record
 from ._errors import CorruptRecordError, WorkflowError
-from ._keys import decode_key, encode_int
+from ._keys import decode_key
 from ._layout import (
     TAG_ENTRY,
     TAG_ENTRY_META,
@@ -89,6 +89,20 @@ class Entry:
     finished_at: float | None = None
     retry_at: float | None = None  # epoch s; a restart waits out the rest
     failure: StepFailure | None = None
+    # the stored metadata record of a completed step, decoded only when asked for
+    # (`full`): replaying a step needs its output, not its attempts (W2)
+    raw_meta: tuple[bytes, bytes] | None = None
+
+    def full(self) -> Entry:
+        """Decode deferred metadata, so every field is as stored; returns self."""
+        if self.raw_meta is not None:
+            key, value = self.raw_meta
+            self.raw_meta = None
+            try:
+                self.load_meta(load_record(value, key))
+            except (ValueError, TypeError) as exc:
+                raise CorruptRecordError(key, f"bad entry metadata ({exc})") from None
+        return self
 
     def data_record(self) -> bytes:
         """Encode the data record."""
@@ -96,6 +110,7 @@ class Entry:
 
     def meta_record(self) -> bytes:
         """Encode the metadata record."""
+        self.full()
         failure = None if self.failure is None else self.failure.to_record()
         return dump_record(
             [
@@ -111,8 +126,8 @@ class Entry:
     def load_meta(self, record: list[object]) -> None:
         """Fill the metadata fields from a stored record."""
         status, attempts, started, finished, retry_at, failure = record[:6]
-        self.status = str(status)
-        self.attempts = int(attempts)  # type: ignore[call-overload]
+        self.status = status  # type: ignore[assignment]
+        self.attempts = attempts  # type: ignore[assignment]
         self.started_at = started  # type: ignore[assignment]
         self.finished_at = finished  # type: ignore[assignment]
         self.retry_at = retry_at  # type: ignore[assignment]
@@ -192,24 +207,46 @@ class History:
 
     @classmethod
     async def load(cls, driver: Driver, workflow_id: str) -> History:
-        """Read a workflow's whole history with one range scan."""
+        """Read a workflow's whole history with one range scan.
+
+        W2/W7 hot path: one pass over the items in key order. Entry keys sort
+        before entry metadata keys, so every entry exists when its metadata comes.
+        """
         keys = WorkflowKeys(workflow_id)
         history = cls(workflow_id, keys)
         skip = len(keys.prefix)
-        metas: list[tuple[bytes, bytes, bytes]] = []
         names: dict[int, str] = {}
+        entries = history.entries
+        by_seq = history.by_seq
+        scope_sizes = history.scope_sizes
         for key, value in await driver.list_range(*keys.scan_range):
             tag = key[
                 skip : skip + 2
             ]  # every tag but TAG_META (the whole key) is 2 bytes
-            rest = key[skip + 2 :]
             if tag == TAG_ENTRY:
-                history._load_entry(key, rest, value)
+                location = key[skip + 2 :]
+                record = load_record(value, key)
+                try:
+                    kind, seq, name_index, data = record[:4]
+                    scope = location[: len(location) - _int_length(name_index)]
+                    entry = Entry(location, kind, seq, name_index, data)
+                    entries[location] = entry
+                    by_seq[scope, seq] = entry
+                    if seq >= scope_sizes.get(scope, 0):
+                        scope_sizes[scope] = seq + 1
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise CorruptRecordError(key, f"bad entry record ({exc})") from None
             elif tag == TAG_ENTRY_META:
-                metas.append((key, rest, value))
+                meta_of = entries.get(key[skip + 2 :])
+                if meta_of is None:
+                    continue  # metadata outliving its entry (a pruned write); harmless
+                meta_of.raw_meta = (key, value)
+                if meta_of.kind == STEP and meta_of.data is not None:
+                    meta_of.status = COMPLETED  # only a completed step has an output
+                else:
+                    meta_of.full()
             elif tag == TAG_NAME:
-                index = decode_key(rest)[0]
-                names[index] = value.decode()  # type: ignore[index]
+                names[_decode_index(key, key[skip + 2 :])] = value.decode()
             elif tag == TAG_META:
                 history.meta = WorkflowMeta.from_bytes(value, key)
             elif tag == TAG_INPUT:
@@ -218,51 +255,22 @@ class History:
                 history.messages.append((key, value))
             else:
                 raise CorruptRecordError(key, "unknown key tag")
-        for key, location, value in metas:
-            entry = history.entries.get(location)
-            if entry is None:
-                continue  # metadata outliving its entry (a pruned write); harmless
-            try:
-                entry.load_meta(load_record(value, key))
-            except (ValueError, TypeError) as exc:
-                raise CorruptRecordError(key, f"bad entry metadata ({exc})") from None
         if names:
             history.names = [names.get(i, "") for i in range(max(names) + 1)]
             history.name_index = {name: i for i, name in names.items()}
         return history
 
-    def _load_entry(self, key: bytes, location: bytes, value: bytes) -> None:
-        record = load_record(value, key)
-        try:
-            kind, seq, name_index, data = record[:4]
-            entry = Entry(location, str(kind), int(seq), int(name_index), data)
-        except (ValueError, TypeError) as exc:
-            raise CorruptRecordError(key, f"bad entry record ({exc})") from None
-        self.add(entry)
-
-    def add(self, entry: Entry) -> None:
-        """Index *entry* (new or loaded)."""
-        self.entries[entry.location] = entry
-        scope = entry.location[
-            : len(entry.location) - len(encode_int(entry.name_index))
-        ]
-        self.by_seq[scope, entry.seq] = entry
-        if entry.seq >= self.scope_sizes.get(scope, 0):
-            self.scope_sizes[scope] = entry.seq + 1
-
     def forget(self, start: bytes, end: bytes) -> None:
         """Drop entries with locations in ``[start, end)`` (pruned loop iterations)."""
         for location in [loc for loc in self.entries if start <= loc < end]:
             entry = self.entries.pop(location)
-            scope = location[: len(location) - len(encode_int(entry.name_index))]
+            scope = location[: len(location) - _int_length(entry.name_index)]
             self.by_seq.pop((scope, entry.seq), None)
             self.scope_sizes.pop(scope, None)
 
     def has_later_entry(self, entry: Entry) -> bool:
         """Whether *entry*'s scope recorded anything after it."""
-        scope = entry.location[
-            : len(entry.location) - len(encode_int(entry.name_index))
-        ]
+        scope = entry.location[: len(entry.location) - _int_length(entry.name_index)]
         return self.scope_sizes.get(scope, 0) > entry.seq + 1
 
     def intern(self, name: str) -> tuple[int, bool]:
@@ -288,3 +296,18 @@ class History:
             else:
                 parts.append(f"#{item!r}")
         return " / ".join(parts)
+
+
+def _int_length(index: int) -> int:
+    """Length of ``encode_int(index)`` for a name index (>= 0), without encoding."""
+    return 1 if index == 0 else 1 + (index.bit_length() + 7) // 8
+
+
+def _decode_index(key: bytes, raw: bytes) -> int:
+    """The name index encoded in *raw* (an `encode_int` of an int >= 0)."""
+    if raw and 0x14 <= raw[0] <= 0x1C and raw[0] - 0x14 == len(raw) - 1:
+        return int.from_bytes(raw[1:], "big")  # W2: the common case, no decode_key
+    index = decode_key(raw)[0] if raw else None
+    if not isinstance(index, int) or index < 0:
+        raise CorruptRecordError(key, "bad name index")
+    return index

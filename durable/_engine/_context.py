@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
-from .._history import SLEEP, STEP, Entry
+from .._history import COMPLETED, SLEEP, STEP, Entry
 from .._types import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
     DEFAULT_LOOP_HISTORY_EVERY,
@@ -62,6 +62,29 @@ def _epoch(when: float | datetime.datetime) -> float:
             f"when must be epoch seconds or an aware datetime, not {when!r}"
         )
     return float(when)
+
+
+def _check_step_options(
+    name: str,
+    max_retries: int,
+    retry_backoff_base: float,
+    retry_backoff_max: float,
+    timeout: float | None,
+) -> float | None:
+    """Validate a step's options; return its timeout (``None`` when disabled)."""
+    if (
+        isinstance(max_retries, bool)
+        or not isinstance(max_retries, int)  # type: ignore[redundant-expr]
+        or max_retries < 0
+    ):
+        raise ValueError(
+            f"step {name!r}: max_retries must be an int >= 0, not {max_retries!r}"
+        )
+    _check_seconds(retry_backoff_base, "retry_backoff_base")
+    _check_seconds(retry_backoff_max, "retry_backoff_max")
+    if timeout is None:
+        return None
+    return _check_seconds(timeout, "timeout") or None
 
 
 def _check_kinds(catch: Collection[str], allowed: frozenset[str], what: str) -> None:
@@ -204,7 +227,7 @@ class WorkflowContext:
             RollbackError: *fn* raised it (no retry).
             UnstorableValueError: *fn* returned a value msgpack cannot store.
         """
-        _, run = self._begin_step(
+        entry, run = self._begin_step(
             name,
             fn,
             max_retries,
@@ -215,7 +238,9 @@ class WorkflowContext:
             ephemeral,
             rollback,
         )
-        return self._scope.track(f"step {name!r}", run)
+        if run is None:
+            return _steps.Replayed(entry)
+        return self._scope.track(("step", name), run)
 
     def _begin_step(
         self,
@@ -228,27 +253,25 @@ class WorkflowContext:
         retry_on_timeout: bool,
         ephemeral: bool,
         rollback: object,
-    ) -> tuple[Entry, Coroutine[Any, Any, object]]:
+    ) -> tuple[Entry, Coroutine[Any, Any, object] | None]:
+        """Begin a step; the coroutine is None when it replays a recorded result."""
         if not callable(fn):
             raise TypeError(f"step {name!r}: fn must be a callable taking no arguments")
         if (
-            isinstance(max_retries, bool)
-            or not isinstance(max_retries, int)  # type: ignore[redundant-expr]
-            or max_retries < 0
+            max_retries is not DEFAULT_MAX_RETRIES  # W1/W2: defaults need no checks
+            or retry_backoff_base is not DEFAULT_RETRY_BACKOFF_BASE
+            or retry_backoff_max is not DEFAULT_RETRY_BACKOFF_MAX
+            or timeout is not DEFAULT_STEP_TIMEOUT
         ):
-            raise ValueError(
-                f"step {name!r}: max_retries must be an int >= 0, not {max_retries!r}"
+            timeout = _check_step_options(
+                name, max_retries, retry_backoff_base, retry_backoff_max, timeout
             )
-        if retry_backoff_base != DEFAULT_RETRY_BACKOFF_BASE:
-            _check_seconds(retry_backoff_base, "retry_backoff_base")
-        if retry_backoff_max != DEFAULT_RETRY_BACKOFF_MAX:
-            _check_seconds(retry_backoff_max, "retry_backoff_max")
-        if timeout is not None and timeout != DEFAULT_STEP_TIMEOUT:
-            timeout = _check_seconds(timeout, "timeout") or None
         if rollback is not None:
             raise NotImplementedError("rollback handlers are not available yet")
         scope = self._scope
         entry, fresh = scope.begin(name, STEP)
+        if not fresh and entry.status == COMPLETED:
+            return entry, None  # W2 hot path: no coroutine, nothing in progress
         return entry, _steps.run_step(
             scope,
             entry,
@@ -294,8 +317,9 @@ class WorkflowContext:
             ephemeral,
             rollback,
         )
+        step = _steps.Replayed(entry) if run is None else run
         return self._scope.track(
-            f"step {name!r}", _tries.try_step(entry, name, run, frozenset(catch))
+            ("step", name), _tries.try_step(entry, name, step, frozenset(catch))
         )
 
     def try_block(

@@ -45,7 +45,12 @@ class Scope:
         self._names: set[str] = set()
         # (description, the call's coroutine, the wrapper handed to the workflow)
         self._pending: (
-            tuple[str, Coroutine[Any, Any, Any], Coroutine[Any, Any, Any]] | None
+            tuple[
+                str | tuple[str, str],
+                Coroutine[Any, Any, Any],
+                Coroutine[Any, Any, Any],
+            ]
+            | None
         ) = None
 
     def begin(self, name: str, kind: str) -> tuple[Entry, bool]:
@@ -100,7 +105,7 @@ class Scope:
         return entry, True
 
     def track(
-        self, description: str, coro: Coroutine[Any, Any, T]
+        self, description: str | tuple[str, str], coro: Coroutine[Any, Any, T]
     ) -> Coroutine[Any, Any, T]:
         """Mark *coro* as this scope's call in progress until it finishes."""
         wrapper = self._settle(coro)
@@ -147,6 +152,8 @@ class Scope:
 
     def _refuse_in_progress(self, called: str) -> None:
         description = self._pending[0] if self._pending is not None else "?"
+        if isinstance(description, tuple):  # (kind, name): formatted only when needed
+            description = f"{description[0]} {description[1]!r}"
         self.abandon()
         raise self._refuse(
             EntryInProgressError(self.run.workflow_id, description, called)
