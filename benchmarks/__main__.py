@@ -270,22 +270,35 @@ async def w6(bench: Bench) -> dict[str, Any]:
 
 @workload("W7")
 async def w7(bench: Bench) -> dict[str, Any]:
-    """Replay-cost growth: replay time of a 100x larger history over a small one."""
+    """Replay-cost growth: replay time of a 100x larger history over a small one.
+
+    Each size is replayed five times and the fastest replay counts: a 100-step
+    replay takes about a millisecond, where one scheduler hiccup skews a ratio.
+    """
     large = bench.n(10_000)
     small = max(1, large // 100)
     times = {}
     for count in (small, large):
         async with bench.driver() as driver:
             await run_steps(driver, "w7", count, park=True)
-            times[count], executed = await run_steps(driver, "w7", count, park=True)
-            if executed:
-                raise RuntimeError("W7 replay executed steps")
+            best = float("inf")
+            for _ in range(5):
+                seconds, executed = await run_steps(driver, "w7", count, park=True)
+                if executed:
+                    raise RuntimeError("W7 replay executed steps")
+                best = min(best, seconds)
+            times[count] = best
     ratio = times[large] / times[small]
     return {
         "n": large,
         "seconds": times[large],
         "per_sec_override": large / times[large],
-        "extra": {"ratio": ratio, "small": small, "small_seconds": times[small]},
+        "extra": {
+            "ratio": round(ratio, 1),
+            "small": small,
+            "small_seconds": times[small],
+            "replays": 5,
+        },
     }
 
 
