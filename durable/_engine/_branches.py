@@ -30,10 +30,10 @@ from .._errors import (
     RaceError,
     StorageError,
 )
-from .._history import COMPLETED, FAILED, Entry, StepFailure
+from .._history import COMPLETED, FAILED, PENDING, Entry, StepFailure
 from .._keys import encode_int
 from .._types import RaceResult
-from ._run import describe_exception, merge_waits
+from ._run import Run, describe_exception, merge_waits
 from ._scope import Scope
 from ._signals import Evicted, Suspend
 
@@ -64,12 +64,12 @@ async def _run_branch(
     fn: BranchFn,
     make_context: MakeContext,
     what: str,
+    running: _Running,
 ) -> _Outcome:
     run = scope.run
     if entry.status == COMPLETED:
         return _Outcome(load_value(entry.data, entry.location), done=True)  # type: ignore[arg-type]
     branch_scope = Scope(run, entry.location)
-    run.tasks += 1
     try:
         value = await fn(make_context(branch_scope))
         branch_scope.end()
@@ -89,7 +89,7 @@ async def _run_branch(
         return _Outcome(error=exc)
     finally:
         branch_scope.abandon()
-        run.tasks -= 1
+        running.branch_ended()
     try:
         entry.data, decoded = store_value(value, f"branch {name!r} of {what}")
     except TypeError as exc:
@@ -104,24 +104,67 @@ async def _run_branch(
 def _begin_branches(
     scope: Scope, entry: Entry, branches: Mapping[str, BranchFn]
 ) -> tuple[Scope, list[tuple[str, Entry, BranchFn]]]:
-    inner = Scope(scope.run, entry.location)
+    run = scope.run
+    if entry.status == PENDING:
+        # recorded (with the next write, before any branch's) while unfinished, so a
+        # replay of renamed or removed branches or a renamed join or race whose
+        # branches recorded entries diverges instead of running them afresh
+        run.record(entry)
+    inner = Scope(run, entry.location)
     plan = []
     for branch_name, fn in branches.items():
         branch_entry, _ = inner.begin(branch_name, BRANCH)
+        if branch_entry.status == PENDING:
+            run.record(branch_entry)
         plan.append((branch_name, branch_entry, fn))
+    inner.end()  # every branch is begun: a removed one diverges before any runs
     return inner, plan
+
+
+class _Running:
+    """Keeps `Run.tasks` true while a join or race waits for its branches.
+
+    The parent only waits, so it must not count as running workflow code: else
+    `Run.wait` never sees every task waiting, and a live run whose branches all wait
+    neither records ``sleeping`` nor flushes its alarm. The branches that will run
+    are counted before any starts, in place of the parent; each that ends is taken
+    off, but the last hands its count back to the parent, so the count never dips
+    below the tasks that will still run workflow code.
+    """
+
+    __slots__ = ("left", "run")
+
+    def __init__(self, run: Run, plan: list[tuple[str, Entry, BranchFn]]) -> None:
+        self.run = run
+        self.left = sum(1 for _, entry, _ in plan if entry.status != COMPLETED)
+        if self.left:
+            run.tasks += self.left - 1
+
+    def branch_ended(self) -> None:
+        self.left -= 1
+        if self.left:
+            self.run.tasks -= 1
 
 
 def _raise_signals(outcomes: Mapping[str, _Outcome]) -> None:
     """Re-raise what must stop the run, in a fixed order; merge waits into one."""
     signals = [o.signal for o in outcomes.values() if o.signal is not None]
-    for kind in (StorageError, HistoryDivergedError, EntryInProgressError, Evicted):
+    for kind in (StorageError, HistoryDivergedError, EntryInProgressError):
         for signal in signals:
             if isinstance(signal, kind):
                 raise signal
-    suspends = [s for s in signals if isinstance(s, Suspend)]
-    if suspends:
-        raise Suspend(*merge_waits((s.until, s.waiting_for) for s in suspends))
+    waits = [s for s in signals if isinstance(s, Suspend | Evicted)]
+    if not waits:
+        return
+    # a list: merge_waits iterates its argument twice
+    merged = merge_waits([(s.until, s.waiting_for) for s in waits])
+    if any(isinstance(s, Evicted) for s in waits):
+        if any(s.until is None and s.waiting_for is None for s in waits):
+            raise Evicted  # a branch was evicted while running: the run is due now
+        # evicted while waiting: keep every branch's deadline and message names,
+        # not only the first branch's, or the run would miss the others' wake-ups
+        raise Evicted(*merged)
+    raise Suspend(*merged)
 
 
 async def join(
@@ -135,11 +178,12 @@ async def join(
     run = scope.run
     inner, plan = _begin_branches(scope, entry, branches)
     outcomes: dict[str, _Outcome] = {}
+    running = _Running(run, plan)
     what = f"join {name!r}"
 
     async def one(branch_name: str, branch_entry: Entry, fn: BranchFn) -> None:
         outcomes[branch_name] = await _run_branch(
-            inner, branch_entry, branch_name, fn, make_context, what
+            inner, branch_entry, branch_name, fn, make_context, what, running
         )
 
     async with anyio.create_task_group() as tg:
@@ -147,7 +191,6 @@ async def join(
             tg.start_soon(one, branch_name, branch_entry, fn)
     ordered = {branch_name: outcomes[branch_name] for branch_name, _, _ in plan}
     _raise_signals(ordered)
-    inner.end()
     errors = {b: o.error for b, o in ordered.items() if o.error is not None}
     entry.status = FAILED if errors else COMPLETED
     entry.finished_at = run.clock.now()
@@ -184,13 +227,14 @@ async def race(
     inner, plan = _begin_branches(scope, entry, branches)
     outcomes: dict[str, _Outcome] = {}
     cancel_scopes: dict[str, anyio.CancelScope] = {}
+    running = _Running(run, plan)
     what = f"race {name!r}"
     won: list[str] = []
 
     async def one(branch_name: str, branch_entry: Entry, fn: BranchFn) -> None:
         with cancel_scopes[branch_name]:
             outcome = await _run_branch(
-                inner, branch_entry, branch_name, fn, make_context, what
+                inner, branch_entry, branch_name, fn, make_context, what, running
             )
             outcomes[branch_name] = outcome
             if outcome.done and not won:
@@ -198,10 +242,6 @@ async def race(
                 for other, cancel_scope in cancel_scopes.items():
                     if other != branch_name:
                         cancel_scope.cancel()
-        if branch_name not in outcomes:  # cancelled: it lost
-            branch_entry.status = CANCELLED
-            branch_entry.finished_at = run.clock.now()
-            run.record(branch_entry)
 
     async with anyio.create_task_group() as tg:
         for branch_name, branch_entry, fn in plan:
@@ -209,6 +249,15 @@ async def race(
             tg.start_soon(one, branch_name, branch_entry, fn)
     if won:
         winner = won[0]
+        for branch_name, branch_entry, _ in plan:
+            outcome = outcomes.get(branch_name)
+            # cancelled, or stopped to wait (yield mode) or by eviction: it lost
+            if branch_name != winner and (
+                outcome is None or outcome.signal is not None
+            ):
+                branch_entry.status = CANCELLED
+                branch_entry.finished_at = run.clock.now()
+                run.record(branch_entry)
         entry.data = winner
         entry.status = COMPLETED
         entry.finished_at = run.clock.now()
@@ -217,7 +266,6 @@ async def race(
         return RaceResult(winner, outcomes[winner].value)
     ordered = {b: outcomes[b] for b, _, _ in plan if b in outcomes}
     _raise_signals(ordered)
-    inner.end()
     errors: dict[str, BaseException] = {
         b: o.error for b, o in ordered.items() if o.error is not None
     }

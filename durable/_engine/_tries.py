@@ -19,7 +19,7 @@ from .._errors import (
     StepTimeoutError,
     UnstorableValueError,
 )
-from .._history import COMPLETED, FAILED, Entry
+from .._history import COMPLETED, FAILED, PENDING, Entry
 from .._types import TryBlockFailure, TryBlockResult, TryStepFailure, TryStepResult
 from ._scope import Scope
 
@@ -84,6 +84,10 @@ async def try_block(
 ) -> TryBlockResult:
     """Run ``fn(ctx)`` in the sub-scope *entry*, catching the kinds in *catch*."""
     run = scope.run
+    if entry.status == PENDING:
+        # recorded while unfinished, so a replay of a renamed block whose steps
+        # were recorded diverges instead of running them afresh
+        run.record(entry)
     inner = Scope(run, entry.location)
     try:
         value = await fn(make_context(inner))
