@@ -228,8 +228,15 @@ class WorkflowHandle:
                 if meta.state == WorkflowState.COMPLETED:
                     raise WorkflowFinishedError(self.workflow_id, str(meta.state))
                 waiting = meta.waiting_for
-                if waiting is not None and (not waiting or name in waiting):
-                    batch.set_alarm(self.workflow_id, self._clock.now())  # now due
+                if meta.state in (WorkflowState.RUNNING, WorkflowState.PENDING) or (
+                    waiting is not None and (not waiting or name in waiting)
+                ):
+                    # now due; a run may be about to sleep for it, after its last
+                    # look at the queue (a running workflow's alarm is now anyway)
+                    batch.set_alarm(self.workflow_id, self._clock.now())
+            elif active_run(driver, self.workflow_id) is not None:
+                # its first run is going on here and may be about to sleep for it
+                batch.set_alarm(self.workflow_id, self._clock.now())
             put_message(batch, keys, self._clock, name, body)
             batch.notify(self.workflow_id)
             await driver.write(batch)

@@ -138,6 +138,10 @@ class WorkflowQueue:
                 f"queue.next {name!r}: names must be a list of names, not a str"
             )
         wanted = None if names is None else frozenset(names)
+        if wanted is not None and not wanted:
+            raise ValueError(
+                f"queue.next {name!r}: names=[] would wait forever; pass names or None"
+            )
         if timeout is not None:
             timeout = _check_seconds(timeout, "timeout")
         scope = self._scope

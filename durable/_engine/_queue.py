@@ -8,7 +8,9 @@ the recorded bodies without touching the queue. ``queue.send`` is an entry too, 
 a replay never sends twice.
 
 Rule: the run's `Inbox` mirrors the unconsumed messages; it is refreshed from the
-store only when it cannot satisfy a wait.
+store only when it cannot satisfy a wait, and once more after a run that ended in a
+message wait stored its sleeping state (`wait_is_over`): no wake-up is lost between
+a wait's last look at the store and that write.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .._codec import dump_record, load_record, load_value, store_value
 from .._errors import CorruptRecordError
 from .._history import COMPLETED, Entry
 from .._keys import encode_int
+from ._signals import Evicted, Suspend
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -84,6 +87,8 @@ class Inbox:
         self._keys = keys
         self._messages: OrderedDict[bytes, Message] = OrderedDict()
         self._last_key = keys.message
+        # (names, count) of each wait that ended the run (yield or eviction)
+        self.sleeping: list[tuple[frozenset[str] | None, int]] = []
 
     def add(self, message: Message) -> None:
         """Add a message that arrived (or was loaded)."""
@@ -171,8 +176,28 @@ async def next_messages(
                 load_value(body, message.key)
                 for body, message in zip(bodies, found, strict=True)
             ]
-        await run.wait(deadline, waiting_for)
+        try:
+            await run.wait(deadline, waiting_for)
+        except (Suspend, Evicted):
+            inbox.sleeping.append((names, count))  # see `wait_is_over`
+            raise
         refreshed = False
+
+
+async def wait_is_over(inbox: Inbox, driver: Driver) -> bool:
+    """After the run stored its sleeping state: can a wait that ended it go on now?
+
+    A message stored between the wait's last look at the store and that write, by a
+    sender that saw the workflow running (or another process, whose notify does not
+    reach this one), set no alarm; or another branch read it into the inbox after
+    the wait gave up. Either way the run must make the workflow due itself.
+    """
+    if not inbox.sleeping:
+        return False
+    await inbox.refresh(driver)
+    return any(
+        len(inbox.matching(names, count)) == count for names, count in inbox.sleeping
+    )
 
 
 async def send(

@@ -41,7 +41,7 @@ from .._errors import (
 from .._history import Entry, History, WorkflowMeta
 from .._layout import WorkflowKeys
 from .._types import StepErrorEvent, WorkflowErrorEvent, WorkflowResult, WorkflowState
-from ._queue import Inbox, load_messages
+from ._queue import Inbox, load_messages, wait_is_over
 from ._scope import Scope
 from ._signals import Evicted, Suspend
 
@@ -222,18 +222,14 @@ class Run:
         raise WorkflowFailedError(self.workflow_id, error) from exc
 
     async def _suspend(self, suspend: Suspend) -> WorkflowResult:
-        alarm = suspend.until
-        if suspend.waiting_for is not None and self.subscription.notified:
-            # a message arrived since the inbox was last read; its sender may have
-            # seen this run as running and set no alarm: make the workflow due now
-            alarm = self.clock.now()
         self._set_state(
             WorkflowState.SLEEPING,
-            alarm=alarm,
+            alarm=suspend.until,
             until=suspend.until,
             waiting_for=suspend.waiting_for,
         )
         await self.flush()
+        await self._due_if_a_message_came()
         return WorkflowResult(
             WorkflowState.SLEEPING, None, suspend.until, suspend.waiting_for
         )
@@ -249,6 +245,13 @@ class Run:
                 )
             else:
                 self._set_state(WorkflowState.PENDING, alarm=self.clock.now())
+            await self.flush()
+            await self._due_if_a_message_came()
+
+    async def _due_if_a_message_came(self) -> None:
+        """Make the sleeping workflow due now if a message it waits for is stored."""
+        if await wait_is_over(self.inbox, self.driver):
+            self.pending.set_alarm(self.workflow_id, self.clock.now())
             await self.flush()
 
     # --- writes -------------------------------------------------------------------
@@ -459,6 +462,7 @@ def merge_waits(
     waits: Iterable[tuple[float | None, tuple[str, ...] | None]],
 ) -> tuple[float | None, tuple[str, ...] | None]:
     """The earliest deadline and every awaited message name of several waits."""
+    waits = list(waits)  # read twice below
     deadlines = [deadline for deadline, _ in waits if deadline is not None]
     names: set[str] | None = None
     for _, waiting_for in waits:
