@@ -22,7 +22,9 @@ def run_suite(*args: str) -> list[dict[str, object]]:
         timeout=120,
         check=True,
     )
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return [
+        json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")
+    ]
 
 
 @pytest.mark.parametrize("driver", ["leveldb", "memory"])
