@@ -44,6 +44,7 @@ PENDING: Final = "pending"  # created, not finished (a sleep waiting)
 RETRYING: Final = "retrying"  # a step failed and waits for its next attempt
 COMPLETED: Final = "completed"
 FAILED: Final = "failed"  # a step failed for good; `error.kind` says how
+CANCELLED: Final = "cancelled"  # a race loser, discarded
 
 
 @attrs.frozen

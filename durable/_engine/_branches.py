@@ -30,9 +30,10 @@ from .._errors import (
     RaceError,
     StorageError,
 )
-from .._history import COMPLETED, FAILED, PENDING, Entry, StepFailure
+from .._history import CANCELLED, COMPLETED, FAILED, PENDING, Entry, StepFailure
 from .._keys import encode_int
 from .._types import RaceResult
+from ._queue import restore_consumed
 from ._run import Run, describe_exception, merge_waits
 from ._scope import Scope
 from ._signals import Evicted, Suspend
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 JOIN: Final = "join"
 RACE: Final = "race"
 BRANCH: Final = "branch"
-CANCELLED: Final = "cancelled"
 
 BranchFn = Callable[["WorkflowContext"], Awaitable[object]]
 MakeContext = Callable[[Scope], "WorkflowContext"]
@@ -250,6 +250,8 @@ async def race(
     if won:
         winner = won[0]
         for branch_name, branch_entry, _ in plan:
+            if branch_name != winner:
+                restore_consumed(run, branch_entry.location)
             outcome = outcomes.get(branch_name)
             # cancelled, or stopped to wait (yield mode) or by eviction: it lost
             if branch_name != winner and (

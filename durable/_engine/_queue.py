@@ -22,7 +22,7 @@ import attrs
 
 from .._codec import dump_record, load_record, load_value, store_value
 from .._errors import CorruptRecordError
-from .._history import COMPLETED, Entry
+from .._history import CANCELLED, COMPLETED, Entry
 from .._keys import encode_int
 from ._signals import Evicted, Suspend
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .._clock import Clock
     from .._drivers import Batch, Driver
     from .._layout import WorkflowKeys
+    from ._run import Run
     from ._scope import Scope
 
 MESSAGE: Final = "message"
@@ -106,6 +107,12 @@ class Inbox:
                     break
         return found
 
+    def restore(self, message: Message) -> None:
+        """Put back a message consumed by a branch whose result was discarded."""
+        self._messages[message.key] = message
+        for key in sorted(self._messages):  # keep arrival order
+            self._messages.move_to_end(key)
+
     def consume(self, messages: Iterable[Message], batch: Batch) -> None:
         """Remove *messages* here and, in *batch*, from the store."""
         for message in messages:
@@ -167,7 +174,10 @@ async def next_messages(
         if len(found) == count or expired:
             inbox.consume(found, run.pending)
             bodies = [message.body for message in found]
-            entry.data = [deadline, bodies]
+            # where each body came from, so a race that discards this branch can
+            # put the messages back (`restore_consumed`)
+            sources = [[m.key, m.name, m.sent_at] for m in found]
+            entry.data = [deadline, bodies, sources]
             entry.status = COMPLETED
             entry.finished_at = clock.now()
             run.record(entry)
@@ -182,6 +192,33 @@ async def next_messages(
             inbox.sleeping.append((names, count))  # see `wait_is_over`
             raise
         refreshed = False
+
+
+def restore_consumed(run: Run, branch: bytes) -> None:
+    """Return to the queue every message consumed under the discarded *branch*.
+
+    A race loser's ``queue.next`` may have consumed messages before the race was
+    decided; the workflow never sees that branch's result, so the messages go back
+    (with their original keys, in the write that records the race) and the entry is
+    marked cancelled.
+    """
+    for entry in list(run.history.entries.values()):
+        if (
+            entry.kind != MESSAGE
+            or entry.status != COMPLETED
+            or not entry.location.startswith(branch)
+        ):
+            continue
+        data = entry.data
+        if not isinstance(data, list) or len(data) < 3:
+            continue
+        deadline, bodies, sources = data[:3]
+        for (key, name, sent_at), body in zip(sources, bodies, strict=True):
+            run.pending.put(key, dump_record([name, body, sent_at]))
+            run.inbox.restore(Message(key, name, body, sent_at))
+        entry.data = [deadline, [], []]
+        entry.status = CANCELLED
+        run.record(entry)
 
 
 async def wait_is_over(inbox: Inbox, driver: Driver) -> bool:

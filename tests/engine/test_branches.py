@@ -1001,6 +1001,66 @@ class TestRace:
                 assert (await tree(store)).status("r", "waiter") == "cancelled", k
 
 
+class TestRaceLosersGiveBackMessages:
+    async def test_a_message_consumed_by_a_losing_branch_goes_back_to_the_queue(
+        self, driver: durable.Driver
+    ) -> None:
+        consumed = anyio.Event()
+
+        async def waiter(ctx: durable.WorkflowContext) -> object:
+            [body] = await ctx.queue.next("get", names=["go"])
+            await ctx.step("mark", consumed.set)
+            await ctx.step("hold", anyio.sleep_forever)
+            return body
+
+        async def quick(ctx: durable.WorkflowContext) -> object:
+            return await ctx.step("quick", consumed.wait)
+
+        async def wf(ctx: durable.WorkflowContext, _: object) -> object:
+            winner, _value = await ctx.race("r", {"waiter": waiter, "quick": quick})
+            again = await ctx.queue.next("again", names=["go"], timeout=0)
+            return [winner, again]
+
+        handle = durable.run_workflow("w", wf, None, driver=driver)
+        await handle.message("go", 7)
+        with anyio.fail_after(5):
+            result = await handle.result()
+        assert result.output == ["quick", [7]]
+
+    async def test_a_returned_message_is_consumed_once_after_a_crash_and_replay(
+        self, driver: durable.Driver
+    ) -> None:
+        consumed = anyio.Event()
+        seen: list[object] = []
+
+        async def waiter(ctx: durable.WorkflowContext) -> object:
+            [body] = await ctx.queue.next("get", names=["go"])
+            await ctx.step("mark", consumed.set)
+            await ctx.step("hold", anyio.sleep_forever)
+            return body
+
+        async def quick(ctx: durable.WorkflowContext) -> object:
+            return await ctx.step("quick", consumed.wait)
+
+        async def wf(ctx: durable.WorkflowContext, _: object) -> object:
+            await ctx.race("r", {"waiter": waiter, "quick": quick})
+            again = await ctx.queue.next("again", names=["go"])
+            await ctx.step("see", lambda: seen.append(again))
+            await ctx.sleep("park", 3600)
+            return again
+
+        handle = durable.run_workflow("w", wf, None, driver=driver, mode="yield")
+        await handle.message("go", 7)
+        with anyio.fail_after(5):
+            first = await handle.result()
+            assert first.state == durable.WorkflowState.SLEEPING
+            second = await handle.result()  # replays: the race and both nexts
+        assert second.state == durable.WorkflowState.SLEEPING
+        assert seen == [[7]]
+        history = await History.load(driver, "w")
+        assert history.messages == []  # consumed once, by the second next
+
+
 class TestRaceAgainstATimeout:
     """The classic race: work against ``ctx.sleep`` as a timeout."""
 
