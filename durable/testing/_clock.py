@@ -42,7 +42,9 @@ class TestClock(Clock):
         self._sleepers: dict[object, tuple[float, anyio.Event]] = {}
         self._scopes: list[tuple[float, weakref.ref[anyio.CancelScope]]] = []
         self._changed: anyio.Event | None = None  # set when a deadline is added
-        self._stalled: anyio.Event | None = None  # set when autojump finds nothing to do
+        self._stalled: anyio.Event | None = (
+            None  # set when autojump finds nothing to do
+        )
         self._task_group: anyio.abc.TaskGroup | None = None
 
     def now(self) -> float:
@@ -124,7 +126,9 @@ class TestClock(Clock):
     async def __aenter__(self) -> Self:
         if self.autojump:
             if self._task_group is not None:
-                raise RuntimeError("this TestClock's `async with` block is already open")
+                raise RuntimeError(
+                    "this TestClock's `async with` block is already open"
+                )
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
             task_group.start_soon(self._autojump)
