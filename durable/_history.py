@@ -81,7 +81,7 @@ class Entry:
 
     location: bytes
     kind: str
-    seq: int  # position among its scope's entries: reordering is divergence
+    seq: int  # position among its scope's entries (-1: unordered, a version marker)
     name_index: int
     data: object = None  # kind-specific: a step's encoded output, a sleep's deadline
     status: str = PENDING
@@ -232,9 +232,10 @@ class History:
                     scope = location[: len(location) - _int_length(name_index)]
                     entry = Entry(location, kind, seq, name_index, data)
                     entries[location] = entry
-                    by_seq[scope, seq] = entry
-                    if seq >= scope_sizes.get(scope, 0):
-                        scope_sizes[scope] = seq + 1
+                    if seq >= 0:  # version markers (seq -1) stand outside the order
+                        by_seq[scope, seq] = entry
+                        if seq >= scope_sizes.get(scope, 0):
+                            scope_sizes[scope] = seq + 1
                 except (ValueError, TypeError, AttributeError) as exc:
                     raise CorruptRecordError(key, f"bad entry record ({exc})") from None
             elif tag == TAG_ENTRY_META:

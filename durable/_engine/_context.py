@@ -25,7 +25,7 @@ from .._types import (
     TryBlockResult,
     TryStepResult,
 )
-from . import _branches, _loops, _queue, _steps, _timers, _tries
+from . import _branches, _loops, _queue, _steps, _timers, _tries, _versioning
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
@@ -457,6 +457,33 @@ class WorkflowContext:
         return scope.track(
             f"sleep {name!r}", _timers.sleep_until(scope, entry, fresh, deadline)
         )
+
+    def get_version(self, name: str, latest: int) -> Awaitable[int]:
+        """Return the version recorded for *name*, recording one on first call.
+
+        A workflow whose history already holds entries this run has not replayed
+        (it started before this call was added to the code) gets 1; a new one gets
+        *latest*. Branch on the result to keep old workflows on their old path.
+        """
+        if isinstance(latest, bool) or not isinstance(latest, int) or latest < 1:  # type: ignore[redundant-expr]
+            raise ValueError(
+                f"get_version {name!r}: latest must be an int >= 1, not {latest!r}"
+            )
+        return _versioning.Done(_versioning.get_version(self._scope, name, latest))
+
+    def removed(self, name: str, original_type: str) -> Awaitable[None]:
+        """Stand in for the entry *name* that the code no longer creates.
+
+        An old history's entry of *original_type* (and everything under it) is
+        satisfied without running anything; a new run records a removed marker.
+        """
+        if original_type not in _versioning.REMOVABLE_KINDS:
+            raise ValueError(
+                f"removed {name!r}: original_type must be one of "
+                f"{sorted(_versioning.REMOVABLE_KINDS)}, not {original_type!r}"
+            )
+        _versioning.removed(self._scope, name, original_type)
+        return _versioning.Done(None)
 
     def is_evicted(self) -> bool:
         """True once eviction was requested; long steps should check it."""

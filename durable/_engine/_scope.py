@@ -53,31 +53,21 @@ class Scope:
             | None
         ) = None
 
-    def begin(self, name: str, kind: str) -> tuple[Entry, bool]:
+    def begin(
+        self, name: str, kind: str, *, stands_for: str | None = None
+    ) -> tuple[Entry, bool]:
         """Register a call; return its entry and whether it is new (not replayed).
+
+        *stands_for* is the kind a recorded entry may also have (``ctx.removed``
+        stands for an entry of its original kind).
 
         Raises:
             EntryInProgressError: an earlier call of this scope was not awaited.
             HistoryDivergedError: the call does not match the history.
         """
         run = self.run
-        if self._pending is not None:
-            self._refuse_in_progress(f"{kind} {name!r}")
-        if run.evict_requested:
-            raise Evicted
-        if not isinstance(name, str):
-            raise TypeError(f"a {kind} name must be a str, not {type(name).__name__}")
+        self._check_call(name, kind)
         history = run.history
-        if name in self._names:
-            raise self._refuse(
-                HistoryDivergedError(
-                    run.workflow_id,
-                    self.describe(),
-                    expected=f"a {kind} named {name!r} already",
-                    found=f"a second {kind} named {name!r}",
-                    hint="Names must be unique within their scope; rename one of them.",
-                )
-            )
         self._names.add(name)
         index = history.name_index.get(name)
         new_name = index is None
@@ -93,7 +83,9 @@ class Scope:
         if history.by_seq:  # replaying: the k-th call must match the k-th entry
             recorded = history.by_seq.get((self.location, seq))
             if recorded is not None:
-                if recorded.location != location or recorded.kind != kind:
+                if recorded.location != location or (
+                    recorded.kind != kind and recorded.kind != stands_for
+                ):
                     raise self._diverged(recorded, f"{kind} {name!r}")
                 return recorded, False
         if not new_name and location in history.entries:
@@ -103,6 +95,54 @@ class Scope:
         entry = Entry(location, kind, seq, index)
         history.entries[location] = entry  # new entries need no replay index
         return entry, True
+
+    def begin_unordered(self, name: str, kind: str) -> tuple[Entry, bool]:
+        """Register a call that takes no place in the scope's order (a version marker).
+
+        A version marker may appear in the middle of an old history without shifting
+        the entries after it, so it is matched by name alone.
+        """
+        self._check_call(name, kind)
+        self._names.add(name)
+        history = self.run.history
+        index, new_name = history.intern(name)
+        index_bytes = encode_int(index)
+        if new_name:
+            self.run.pending.put(history.keys.name + index_bytes, name.encode())
+        location = self.location + index_bytes
+        recorded = history.entries.get(location)
+        if recorded is not None:
+            if recorded.kind != kind and not (
+                kind == "removed" or recorded.kind == "removed"
+            ):
+                raise self._diverged(recorded, f"{kind} {name!r}")
+            return recorded, False
+        entry = Entry(location, kind, -1, index)
+        history.entries[location] = entry
+        return entry, True
+
+    def has_unvisited(self) -> bool:
+        """Whether the history holds entries of this scope that this run has not reached."""
+        return self.run.history.scope_sizes.get(self.location, 0) > self._counter
+
+    def _check_call(self, name: str, kind: str) -> None:
+        run = self.run
+        if self._pending is not None:
+            self._refuse_in_progress(f"{kind} {name!r}")
+        if run.evict_requested:
+            raise Evicted
+        if not isinstance(name, str):
+            raise TypeError(f"a {kind} name must be a str, not {type(name).__name__}")
+        if name in self._names:
+            raise self._refuse(
+                HistoryDivergedError(
+                    run.workflow_id,
+                    self.describe(),
+                    expected=f"a {kind} named {name!r} already",
+                    found=f"a second {kind} named {name!r}",
+                    hint="Names must be unique within their scope; rename one of them.",
+                )
+            )
 
     def track(
         self, description: str | tuple[str, str], coro: Coroutine[Any, Any, T]
