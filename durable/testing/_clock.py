@@ -114,6 +114,9 @@ class TestClock(Clock):
     async def _autojump(self) -> None:
         while True:
             await anyio.wait_all_tasks_blocked()
+            # asyncio: a task whose wake-up is still queued (say, a task group whose
+            # last child just ended) looks blocked; a second look lets it run first
+            await anyio.wait_all_tasks_blocked()
             deadline = self.next_deadline()
             if deadline is None:
                 if self._stalled is not None:

@@ -16,7 +16,6 @@ import anyio
 import anyio.lowlevel
 import attrs
 import pytest
-from faulty import FaultyDriver, SimulatedCrash, WriteFailedError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,7 @@ from durable import (
     run_workflow,
 )
 from durable._history import COMPLETED, STEP, History
+from durable.testing import FaultyDriver, SimulatedCrash
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -40,6 +40,11 @@ WORKFLOW_ID = "faulty"
 BACKENDS = ("asyncio", "trio")
 
 pytestmark = pytest.mark.crash
+
+
+class WriteFailedError(OSError):
+    """A storage error a user's driver would raise: the write failed, nothing written."""
+
 
 # A program is a list of ops: ("step", value, ephemeral) or ("sleep", seconds).
 Op = tuple[Any, ...]
@@ -307,7 +312,9 @@ async def test_workflow_that_catches_a_failed_write_still_ends_with_it() -> None
         return [first, await ctx.step("second", side_effect("second"))]
 
     async with MemoryDriver() as inner:
-        faulty = FaultyDriver(inner, fail_at=1, mode="raise")
+        faulty = FaultyDriver(
+            inner, fail_at=1, mode="raise", error=lambda: WriteFailedError("full")
+        )
         with pytest.raises(WriteFailedError):
             await run_workflow(WORKFLOW_ID, workflow, None, driver=faulty).result()
         assert await stored(inner) == ([], None)  # nothing after the failure written

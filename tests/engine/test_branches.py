@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 import pytest
-from faulty import FaultyDriver
 
 import durable
 from durable._history import Entry, History
 from durable._keys import encode_int
+from durable.testing import FaultyDriver
 
 from ._support import T0, Counter, Crash, JumpClock, ManualClock
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import pytest
-from faulty import FaultyDriver, SimulatedCrash
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from durable._engine._loops import iteration_location
 from durable._engine._run import active_run
 from durable._history import COMPLETED, History
 from durable._keys import encode_int
+from durable.testing import FaultyDriver, SimulatedCrash
 
 from ._support import Crash, JumpClock, root_entries
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 import pytest
-from faulty import FaultyDriver, SimulatedCrash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,7 @@ from durable._drivers._base import DELETE, NOTIFY
 from durable._engine._queue import Message
 from durable._history import COMPLETED, History
 from durable._layout import WorkflowKeys
+from durable.testing import FaultyDriver, SimulatedCrash
 
 from ._support import T0, Crash, JumpClock, ManualClock, root_entries
 
