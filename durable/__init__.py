@@ -3,6 +3,7 @@
 from ._clock import Clock, SystemClock
 from ._drivers import Alarm, Batch, Driver, LevelDBDriver, MemoryDriver, Subscription
 from ._engine._context import WorkflowContext, WorkflowQueue
+from ._engine._rollback import RollbackContext
 from ._errors import (
     CorruptRecordError,
     CriticalError,
@@ -12,6 +13,7 @@ from ._errors import (
     HistoryDivergedError,
     JoinError,
     RaceError,
+    ReplayTargetError,
     RollbackCheckpointError,
     RollbackError,
     StepExhaustedError,
@@ -26,7 +28,7 @@ from ._errors import (
     WorkflowFailedError,
     WorkflowFinishedError,
 )
-from ._handle import WorkflowHandle, run_workflow
+from ._handle import WorkflowHandle, replay_from_step, run_workflow
 from ._types import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
     DEFAULT_LOOP_HISTORY_EVERY,
@@ -37,6 +39,7 @@ from ._types import (
     DEFAULT_STEP_TIMEOUT,
     Loop,
     RaceResult,
+    RollbackErrorEvent,
     StepErrorEvent,
     TryBlockFailure,
     TryBlockResult,
@@ -72,8 +75,11 @@ __all__ = [
     "MemoryDriver",
     "RaceError",
     "RaceResult",
+    "ReplayTargetError",
     "RollbackCheckpointError",
+    "RollbackContext",
     "RollbackError",
+    "RollbackErrorEvent",
     "StepErrorEvent",
     "StepExhaustedError",
     "StepTimeoutError",
@@ -99,6 +105,7 @@ __all__ = [
     "WorkflowResult",
     "WorkflowState",
     "__version__",
+    "replay_from_step",
     "run_workflow",
 ]
 

@@ -11,6 +11,7 @@ DurableError(Exception)
 ├── EvictedError, WorkflowFailedError (.error), WorkflowCancelledError
 ├── UnknownWorkflowError (.workflow_id), WorkflowFinishedError (.workflow_id .state)
 ├── WorkflowBusyError (.workflow_id)
+├── ReplayTargetError(DurableError, LookupError) (.workflow_id .target)
 ├── UnstorableValueError(DurableError, TypeError) (.what .value_type)
 └── StorageError ── StoreLockedError (.path), CorruptRecordError (.key)
 ```
@@ -204,6 +205,18 @@ class WorkflowBusyError(DurableError):
             "that run's result() or evict it before starting another run"
         )
         self.workflow_id = workflow_id
+
+
+class ReplayTargetError(DurableError, LookupError):
+    """`replay_from_step` cannot replay from *target*; the message says why and what to do."""
+
+    def __init__(self, workflow_id: str, target: object, reason: str) -> None:
+        super().__init__(
+            f"cannot replay workflow {workflow_id!r} from {target!r}: {reason}"
+        )
+        self.workflow_id = workflow_id
+        self.target = target
+        self.reason = reason
 
 
 class UnstorableValueError(DurableError, TypeError):

@@ -20,11 +20,13 @@ from ._engine._queue import put_message
 from ._engine._run import ErrorHook, Mode, Run, WorkflowFn, active_run
 from ._errors import (
     UnknownWorkflowError,
+    WorkflowBusyError,
     WorkflowCancelledError,
     WorkflowFinishedError,
 )
 from ._history import FAILED, RETRYING, History, WorkflowMeta
 from ._layout import WorkflowKeys
+from ._replay_from import StepPath, replay_from
 from ._types import WorkflowResult, WorkflowState
 
 if TYPE_CHECKING:
@@ -87,6 +89,34 @@ def run_workflow(
     return WorkflowHandle(
         workflow_id, fn, input, driver, mode, on_error, clock or SYSTEM_CLOCK
     )
+
+
+async def replay_from_step(
+    workflow_id: str, step: StepPath, *, driver: Driver | None = None
+) -> None:
+    """Delete the workflow's history from *step* on and schedule it to run again.
+
+    *step* is a step's name in the workflow body, or its path: the names of the
+    enclosing join, race, try and loop entries and branches, with an int for a loop
+    iteration, e.g. ``("fanout", "branch-a", "charge")`` or ``("batches", 3, "fetch")``.
+    In one atomic write the step and everything recorded after it (in its scope and
+    in every enclosing one) are deleted, the enclosing entries are made pending
+    again, messages consumed by deleted ``queue.next`` calls go back to the queue,
+    and the workflow becomes ``pending`` with its alarm at now. Entries recorded
+    before the step (steps, sleeps, consumed messages) stay. Run the workflow
+    afterwards (``run_workflow(...).result()``) to re-execute the step.
+
+    Raises:
+        UnknownWorkflowError: the store holds no such workflow.
+        ReplayTargetError: *step* is not a recorded step (the message says why).
+        WorkflowBusyError: the workflow is running in this process.
+        WorkflowCancelledError: the workflow was cancelled.
+    """
+    if driver is not None:
+        await replay_from(driver, workflow_id, step, SYSTEM_CLOCK)
+        return
+    async with _DEFAULT_DRIVER.use() as default:
+        await replay_from(default, workflow_id, step, SYSTEM_CLOCK)
 
 
 @final
@@ -304,6 +334,22 @@ class WorkflowHandle:
             batch.set_alarm(self.workflow_id, now)
             batch.notify(self.workflow_id)
             await driver.write(batch)
+
+    async def replay_from(self, step: StepPath) -> None:
+        """Delete the history from *step* on and schedule the workflow to run again.
+
+        See `replay_from_step`; run it with `result()` afterwards.
+
+        Raises:
+            UnknownWorkflowError: the store holds no such workflow.
+            ReplayTargetError: *step* is not a recorded step (the message says why).
+            WorkflowBusyError: the workflow is running in this process.
+            WorkflowCancelledError: the workflow was cancelled.
+        """
+        async with self._open_driver() as driver:
+            if self._active(driver) is not None:
+                raise WorkflowBusyError(self.workflow_id)
+            await replay_from(driver, self.workflow_id, step, self._clock)
 
     async def cancel(self) -> None:
         """Cancel the workflow for good: state ``cancelled``, alarm cleared.

@@ -90,6 +90,8 @@ class Entry:
     finished_at: float | None = None
     retry_at: float | None = None  # epoch s; a restart waits out the rest
     failure: StepFailure | None = None
+    rolled_back_at: float | None = None  # epoch s its rollback handler completed
+    rollback_error: WorkflowError | None = None  # its handler's last failure
     # the stored metadata record of a completed step, decoded only when asked for
     # (`full`): replaying a step needs its output, not its attempts (W2)
     raw_meta: tuple[bytes, bytes] | None = None
@@ -121,6 +123,14 @@ class Entry:
                 self.finished_at,
                 self.retry_at,
                 failure,
+                self.rolled_back_at,
+                None
+                if self.rollback_error is None
+                else [
+                    self.rollback_error.name,
+                    self.rollback_error.message,
+                    self.rollback_error.traceback,
+                ],
             ]
         )
 
@@ -133,6 +143,10 @@ class Entry:
         self.finished_at = finished  # type: ignore[assignment]
         self.retry_at = retry_at  # type: ignore[assignment]
         self.failure = None if failure is None else StepFailure.from_record(failure)  # type: ignore[arg-type]
+        if len(record) >= 8:  # rollback bookkeeping, appended in format 1
+            self.rolled_back_at = record[6]  # type: ignore[assignment]
+            error = record[7]
+            self.rollback_error = None if error is None else WorkflowError(*error)  # type: ignore[misc]
 
 
 @attrs.define

@@ -77,6 +77,15 @@ class StepErrorEvent:
 
 
 @attrs.frozen
+class RollbackErrorEvent:
+    """Passed to ``on_error`` when a rollback handler fails (it is retried later)."""
+
+    workflow_id: str
+    step_name: str
+    error: WorkflowError
+
+
+@attrs.frozen
 class WorkflowErrorEvent:
     """Passed to ``on_error`` when the workflow fails."""
 

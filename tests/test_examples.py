@@ -28,3 +28,22 @@ def test_order_example_resumes_after_the_crash_without_charging_twice(
     assert "crashing after the charge was recorded" in output
     assert "state:  completed" in output
     assert output.count("charging") == 1, output
+
+
+def test_saga_example_cancels_the_hotel_then_the_flight(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "saga.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    cancels = [line.strip() for line in lines if "cancelling" in line]
+    assert cancels == [
+        "cancelling hotel (hotel-confirmation)",
+        "cancelling flight (flight-confirmation)",
+    ]
+    assert "state: failed" in done.stdout

@@ -36,7 +36,7 @@ from .._types import RaceResult
 from ._queue import restore_consumed
 from ._run import Run, describe_exception, merge_waits
 from ._scope import Scope
-from ._signals import Evicted, Suspend
+from ._signals import Evicted, StopReplay, Suspend
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -68,12 +68,15 @@ async def _run_branch(
 ) -> _Outcome:
     run = scope.run
     if entry.status == COMPLETED:
+        if run.rolling_back:
+            await _replay_for_handlers(run, entry, fn, make_context)
         return _Outcome(load_value(entry.data, entry.location), done=True)  # type: ignore[arg-type]
     branch_scope = Scope(run, entry.location)
     try:
         value = await fn(make_context(branch_scope))
         branch_scope.end()
     except (
+        StopReplay,
         Suspend,
         Evicted,
         HistoryDivergedError,
@@ -99,6 +102,22 @@ async def _run_branch(
     entry.finished_at = run.clock.now()
     run.record(entry)
     return _Outcome(decoded, done=True)
+
+
+async def _replay_for_handlers(
+    run: Run, entry: Entry, fn: BranchFn, make_context: MakeContext
+) -> None:
+    """Rollback mode: replay a finished branch only to register its rollback handlers.
+
+    Its recorded value stands; whatever the replay ends with is of no interest.
+    """
+    branch_scope = Scope(run, entry.location)
+    try:
+        await fn(make_context(branch_scope))
+    except (StopReplay, Exception):  # noqa: S110 - the recorded outcome stands
+        pass
+    finally:
+        branch_scope.abandon()
 
 
 def _begin_branches(
@@ -149,7 +168,7 @@ class _Running:
 def _raise_signals(outcomes: Mapping[str, _Outcome]) -> None:
     """Re-raise what must stop the run, in a fixed order; merge waits into one."""
     signals = [o.signal for o in outcomes.values() if o.signal is not None]
-    for kind in (StorageError, HistoryDivergedError, EntryInProgressError):
+    for kind in (StorageError, HistoryDivergedError, EntryInProgressError, StopReplay):
         for signal in signals:
             if isinstance(signal, kind):
                 raise signal
@@ -223,6 +242,15 @@ async def race(
                 expected=f"a recorded winner {winner!r}",
                 found="no recorded output for it",
             )
+        if run.rolling_back:  # the winner and the losers may have handlers to run
+            for branch_name, fn in branches.items():
+                branch_index = run.history.name_index.get(branch_name)
+                if branch_index is None:
+                    continue
+                location = entry.location + encode_int(branch_index)
+                branch_entry = run.history.entries.get(location)
+                if branch_entry is not None:
+                    await _replay_for_handlers(run, branch_entry, fn, make_context)
         return RaceResult(winner, load_value(branch.data, branch.location))  # type: ignore[arg-type]
     inner, plan = _begin_branches(scope, entry, branches)
     outcomes: dict[str, _Outcome] = {}

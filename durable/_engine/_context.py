@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, final, overload
 
+from .._errors import RollbackCheckpointError
 from .._history import COMPLETED, SLEEP, STEP, Entry
 from .._types import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
@@ -25,7 +26,16 @@ from .._types import (
     TryBlockResult,
     TryStepResult,
 )
-from . import _branches, _loops, _queue, _steps, _timers, _tries, _versioning
+from . import (
+    _branches,
+    _loops,
+    _queue,
+    _rollback,
+    _steps,
+    _timers,
+    _tries,
+    _versioning,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
@@ -270,11 +280,22 @@ class WorkflowContext:
             timeout = _check_step_options(
                 name, max_retries, retry_backoff_base, retry_backoff_max, timeout
             )
-        if rollback is not None:
-            raise NotImplementedError("rollback handlers are not available yet")
         scope = self._scope
+        if rollback is not None:
+            if not callable(rollback):
+                raise TypeError(
+                    f"step {name!r}: rollback must be an async function (rctx, output)"
+                )
+            if not scope.run.checkpointed:
+                raise RollbackCheckpointError(
+                    f"step {name!r} has a rollback handler but no rollback checkpoint "
+                    "was reached before it; call await ctx.rollback_checkpoint(name) "
+                    "first"
+                )
         entry, fresh = scope.begin(name, STEP)
         if not fresh and entry.status == COMPLETED:
+            if rollback is not None:
+                _rollback.register(scope.run, entry, name, rollback)
             return entry, None  # W2 hot path: no coroutine, nothing in progress
         return entry, _steps.run_step(
             scope,
@@ -288,6 +309,7 @@ class WorkflowContext:
             timeout,
             retry_on_timeout,
             ephemeral,
+            rollback,
         )
 
     def try_step(
@@ -457,6 +479,15 @@ class WorkflowContext:
         return scope.track(
             f"sleep {name!r}", _timers.sleep_until(scope, entry, fresh, deadline)
         )
+
+    def rollback_checkpoint(self, name: str) -> Awaitable[None]:
+        """Enable rollback from here: steps after it may carry ``rollback=`` handlers.
+
+        When the workflow later fails, the handlers of the steps completed after the
+        checkpoint run in reverse completion order, each once, surviving restarts.
+        """
+        _rollback.checkpoint(self._scope, name)
+        return _versioning.Done(None)
 
     def get_version(self, name: str, latest: int) -> Awaitable[int]:
         """Return the version recorded for *name*, recording one on first call.

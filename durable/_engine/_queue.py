@@ -24,6 +24,7 @@ from .._codec import dump_record, load_record, load_value, store_value
 from .._errors import CorruptRecordError
 from .._history import CANCELLED, COMPLETED, Entry
 from .._keys import encode_int
+from ._rollback import stop_if_rolling_back
 from ._signals import Evicted, Suspend
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ async def next_messages(
     if entry.status == COMPLETED:
         recorded: list[bytes] = entry.data[1]  # type: ignore[index]
         return [load_value(body, entry.location) for body in recorded]
+    stop_if_rolling_back(run)  # never consume while rolling back
     clock = run.clock
     if fresh:
         deadline = None if timeout is None else clock.now() + timeout

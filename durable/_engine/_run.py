@@ -40,17 +40,25 @@ from .._errors import (
 )
 from .._history import Entry, History, WorkflowMeta
 from .._layout import WorkflowKeys
-from .._types import StepErrorEvent, WorkflowErrorEvent, WorkflowResult, WorkflowState
+from .._types import (
+    DEFAULT_RETRY_BACKOFF_MAX,
+    RollbackErrorEvent,
+    StepErrorEvent,
+    WorkflowErrorEvent,
+    WorkflowResult,
+    WorkflowState,
+)
 from ._queue import Inbox, load_messages, wait_is_over
+from ._rollback import Compensation, roll_back
 from ._scope import Scope
-from ._signals import Evicted, Suspend
+from ._signals import Evicted, StopReplay, Suspend
 
 if TYPE_CHECKING:
     from .._clock import Clock
     from ._context import WorkflowContext
 
 Mode: TypeAlias = Literal["live", "yield"]
-ErrorEvent: TypeAlias = StepErrorEvent | WorkflowErrorEvent
+ErrorEvent: TypeAlias = StepErrorEvent | WorkflowErrorEvent | RollbackErrorEvent
 ErrorHook: TypeAlias = Callable[[ErrorEvent], object]
 WorkflowFn: TypeAlias = Callable[["WorkflowContext", object], Awaitable[object]]
 
@@ -105,6 +113,9 @@ class Run:
         self._flush_lock = _WriteGate()
         self._wake = anyio.Event()
         self.tasks = 1  # tasks running workflow code (branches add theirs)
+        self.checkpointed = False  # a rollback checkpoint was reached
+        self.compensations: list[Compensation] = []
+        self.rolling_back = False  # replaying only to find rollback handlers
         self._waits: dict[object, tuple[float | None, tuple[str, ...] | None]] = {}
         self.inbox = Inbox(self.history.keys)
         # taken before the history is loaded, so no message can slip between them
@@ -156,15 +167,16 @@ class Run:
                 raise WorkflowFailedError(
                     self.workflow_id, meta.error or _UNKNOWN_ERROR
                 )
+            # a rollback that did not finish: replay to find the handlers, then go on
+            self.rolling_back = meta.state == WorkflowState.ROLLING_BACK
             input_value = (
                 None
                 if history.input is None
                 else load_value(history.input, history.keys.input)
             )
         self._meta = meta
-        self._set_state(
-            WorkflowState.RUNNING, alarm=now
-        )  # a crash leaves the workflow due
+        if not self.rolling_back:
+            self._set_state(WorkflowState.RUNNING, alarm=now)  # a crash leaves it due
         self.started.set()
         root = Scope(self, b"")
         try:
@@ -172,6 +184,8 @@ class Run:
                 try:
                     output = await self.fn(WorkflowContext(root), input_value)
                     root.end()
+                except StopReplay:
+                    return await self._fail(None)  # rollback mode reached its end
                 except Suspend as suspend:
                     return await self._suspend(suspend)
                 except Evicted as evicted:
@@ -189,6 +203,8 @@ class Run:
                         raise self._write_error from None
                     return await self._fail(exc)
                 else:
+                    if self.rolling_back:
+                        return await self._fail(None)
                     return await self._complete(output)
         finally:
             root.abandon()
@@ -213,12 +229,40 @@ class Run:
         await self.flush()
         return WorkflowResult(WorkflowState.COMPLETED, value)
 
-    async def _fail(self, exc: Exception) -> WorkflowResult:
-        error = describe_exception(exc)
-        self._require_meta().error = error
+    async def _fail(self, exc: Exception | None) -> WorkflowResult:
+        """Fail the workflow with *exc* (None: the error stored by an earlier run).
+
+        With rollback handlers registered, the state is ``rolling_back`` while they
+        run; a handler that fails leaves it so (the next run retries), else ``failed``.
+        """
+        meta = self._require_meta()
+        if exc is None or (self.rolling_back and meta.error is not None):
+            error = meta.error or _UNKNOWN_ERROR
+            first_report = False
+        else:
+            error = describe_exception(exc)
+            meta.error = error
+            first_report = True
+        if self.compensations:
+            self._set_state(WorkflowState.ROLLING_BACK, alarm=self.clock.now())
+            await self.flush()
+            if first_report:
+                await self.report(WorkflowErrorEvent(self.workflow_id, error))
+                first_report = False
+            if not await roll_back(self):
+                if self.evict_requested:
+                    raise EvictedError(self.workflow_id)
+                # a handler failed: stay rolling back, retried by a later run
+                self._set_state(
+                    WorkflowState.ROLLING_BACK,
+                    alarm=self.clock.now() + DEFAULT_RETRY_BACKOFF_MAX,
+                )
+                await self.flush()
+                raise WorkflowFailedError(self.workflow_id, error) from exc
         self._set_state(WorkflowState.FAILED, alarm=None)
         await self.flush()
-        await self.report(WorkflowErrorEvent(self.workflow_id, error))
+        if first_report:
+            await self.report(WorkflowErrorEvent(self.workflow_id, error))
         raise WorkflowFailedError(self.workflow_id, error) from exc
 
     async def _suspend(self, suspend: Suspend) -> WorkflowResult:
@@ -354,6 +398,8 @@ class Run:
         yield in yield mode, and in live mode record the alarm and wait in memory.
         A message wait returns on any wake-up; the caller re-checks its inbox.
         """
+        if self.rolling_back:
+            raise StopReplay  # rollback mode never waits: the history ends here
         if deadline is not None and deadline - self.clock.now() < self.poll_interval:
             await self._wait_in_memory(deadline, waiting_for)
             return

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._errors import EntryInProgressError, HistoryDivergedError
 from .._history import Entry
 from .._keys import encode_int
-from ._signals import Evicted
+from ._signals import Evicted, StopReplay
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -92,6 +92,8 @@ class Scope:
             raise self._diverged(
                 history.entries[location], f"{kind} {name!r} in another place"
             )
+        if run.rolling_back:
+            raise StopReplay  # rollback mode replays only what the history holds
         entry = Entry(location, kind, seq, index)
         history.entries[location] = entry  # new entries need no replay index
         return entry, True
@@ -117,6 +119,8 @@ class Scope:
             ):
                 raise self._diverged(recorded, f"{kind} {name!r}")
             return recorded, False
+        if self.run.rolling_back:
+            raise StopReplay
         entry = Entry(location, kind, -1, index)
         history.entries[location] = entry
         return entry, True

@@ -27,3 +27,7 @@ class Evicted(BaseException):
         super().__init__(until, waiting_for)
         self.until = until  # what the run waited for when evicted, if anything
         self.waiting_for = waiting_for
+
+
+class StopReplay(BaseException):
+    """Rollback mode: the history ends here; stop and run the compensations."""

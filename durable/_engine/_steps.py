@@ -24,12 +24,14 @@ from .._errors import (
 )
 from .._history import COMPLETED, FAILED, RETRYING, Entry, StepFailure
 from .._types import StepErrorEvent
+from ._rollback import register, stop_if_rolling_back
 from ._run import describe_exception
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
     from .._clock import Clock
+    from ._rollback import Handler
     from ._scope import Scope
 
 # Failure kinds, as `try_step(catch=...)` names them.
@@ -92,6 +94,7 @@ async def run_step(
     timeout: float | None,
     retry_on_timeout: bool,
     ephemeral: bool,
+    rollback: Handler | None = None,
 ) -> object:
     """Execute or replay the step *entry*; see `WorkflowContext.step`."""
     run = scope.run
@@ -100,6 +103,7 @@ async def run_step(
             return load_value(entry.data, entry.location)  # type: ignore[arg-type]
         if entry.status == FAILED and entry.failure is not None:
             raise _replayed_failure(entry.failure, name, entry.attempts, timeout)
+        stop_if_rolling_back(run)  # never attempt a step while rolling back
         if entry.retry_at is not None:
             await run.wait(entry.retry_at)
     clock = run.clock
@@ -155,6 +159,8 @@ async def run_step(
             entry.retry_at = None
             entry.failure = None
             run.record(entry)
+            if rollback is not None:
+                register(run, entry, name, rollback)
             if not ephemeral:
                 await run.flush()
             return decoded
