@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from durable._codec import load_record
 from durable._drivers._base import PUT
 from durable._engine._queue import MESSAGE
 from durable._history import STEP, History
@@ -61,17 +62,24 @@ async def rewritten_steps(driver: Driver, workflow_id: str, batch: Batch) -> lis
     The engine writes a step as completed once, when its body returned; writing a
     completed step again means its body ran again after its result was recorded.
     """
-    puts = {key for code, key, _ in batch.ops if code == PUT}
+    puts = {key: value for code, key, value in batch.ops if code == PUT}
     if not puts:
         return []
     history = await History.load(driver, workflow_id)
-    return [
-        history.describe(entry.location)
-        for entry in history.entries.values()
-        if entry.kind == STEP
-        and entry.raw_meta is not None  # completed, metadata still undecoded
-        and entry.raw_meta[0] in puts
-    ]
+    rewritten = []
+    for entry in history.entries.values():
+        if entry.kind != STEP or entry.raw_meta is None:  # only completed steps
+            continue
+        new_meta = puts.get(entry.raw_meta[0])
+        if new_meta is None:
+            continue
+        entry.full()
+        attempts, started_at = load_record(new_meta, entry.location)[1:3]
+        # a rollback handler's bookkeeping rewrites the metadata too, but only an
+        # execution of the body starts a new attempt
+        if (attempts, started_at) != (entry.attempts, entry.started_at):
+            rewritten.append(history.describe(entry.location))
+    return rewritten
 
 
 def names_in(batch: Batch) -> set[str]:

@@ -138,6 +138,7 @@ async def _drive(
 async def _live(handle: WorkflowHandle, clock: TestClock) -> WorkflowResult:
     stalled = clock._stalled = anyio.Event()
     outcome: list[WorkflowResult] = []
+    failure: list[Exception] = []
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -147,9 +148,13 @@ async def _live(handle: WorkflowHandle, clock: TestClock) -> WorkflowResult:
         tg.start_soon(watch)
         try:
             outcome.append(await handle.result())
+        except Exception as exc:  # raised below, not wrapped in an exception group
+            failure.append(exc)
         finally:
             tg.cancel_scope.cancel()
     clock._stalled = None
+    if failure:
+        raise failure[0]
     if not outcome:
         raise _StalledError(
             "every task waits and no deadline is pending: the workflow waits for a "

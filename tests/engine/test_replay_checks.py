@@ -20,6 +20,7 @@ from durable import (
     CriticalError,
     JoinError,
     Loop,
+    RollbackContext,
     StepExhaustedError,
     StepTimeoutError,
     WorkflowContext,
@@ -363,6 +364,44 @@ async def test_try_step_and_try_block(mode: str) -> None:
         [True, "emailed"],
     ]
     await check(tries, None, mode, expected)
+
+
+# rollback ------------------------------------------------------------------------
+
+_cancelled: list[str] = []
+
+
+async def _cancel(rctx: RollbackContext, confirmation: object) -> None:
+    _cancelled.append(f"{rctx.step_name}={confirmation}")
+
+
+def _no_cars() -> str:
+    raise CriticalError("no cars left")
+
+
+async def saga(ctx: WorkflowContext, _: object) -> object:
+    await ctx.step("reset", _cancelled.clear)
+    await ctx.rollback_checkpoint("start")
+    await ctx.step("flight", lambda: "F", rollback=_cancel)
+
+    async def hotel(branch: WorkflowContext) -> object:
+        return await branch.step("hotel", lambda: "H", rollback=_cancel)
+
+    async def museum(branch: WorkflowContext) -> object:
+        return await branch.step("museum", lambda: "M", rollback=_cancel)
+
+    await ctx.join("stay", {"hotel": hotel, "museum": museum})
+    await ctx.sleep("before-car", 60)
+    await ctx.step("car", _no_cars)
+    return "booked"
+
+
+async def test_rollback_survives_a_crash_at_every_durable_point(mode: str) -> None:
+    report = await check_replay(saga, None, mode=mode)  # type: ignore[arg-type]
+    assert report.outcome[:2] == ("failed", "CriticalError")
+    # handlers ran (their order is tested in test_rollback.py)
+    assert set(_cancelled) == {"flight=F", "hotel=H", "museum=M"}
+    await check_determinism(saga, None, mode=mode)  # type: ignore[arg-type]
 
 
 # the checks bite --------------------------------------------------------------------
