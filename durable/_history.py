@@ -92,6 +92,7 @@ class Entry:
     failure: StepFailure | None = None
     rolled_back_at: float | None = None  # epoch s its rollback handler completed
     rollback_error: WorkflowError | None = None  # its handler's last failure
+    compensable: bool = False  # completed with a rollback handler
     # the stored metadata record of a completed step, decoded only when asked for
     # (`full`): replaying a step needs its output, not its attempts (W2)
     raw_meta: tuple[bytes, bytes] | None = None
@@ -131,6 +132,7 @@ class Entry:
                     self.rollback_error.message,
                     self.rollback_error.traceback,
                 ],
+                self.compensable,
             ]
         )
 
@@ -147,6 +149,8 @@ class Entry:
             self.rolled_back_at = record[6]  # type: ignore[assignment]
             error = record[7]
             self.rollback_error = None if error is None else WorkflowError(*error)  # type: ignore[misc]
+        if len(record) >= 9:
+            self.compensable = bool(record[8])
 
 
 @attrs.define
@@ -276,9 +280,28 @@ class History:
             history.name_index = {name: i for i, name in names.items()}
         return history
 
-    def forget(self, start: bytes, end: bytes) -> None:
+    def compensable_between(self, start: bytes, end: bytes) -> list[Entry]:
+        """Completed steps with a rollback handler whose location is in the range."""
+        return [
+            entry
+            for location, entry in self.entries.items()
+            if start <= location < end
+            and entry.kind == STEP
+            and entry.status == COMPLETED
+            and entry.full().compensable
+        ]
+
+    def forget(
+        self,
+        start: bytes,
+        end: bytes,
+        *,
+        keep: frozenset[bytes] | set[bytes] = frozenset(),
+    ) -> None:
         """Drop entries with locations in ``[start, end)`` (pruned loop iterations)."""
-        for location in [loc for loc in self.entries if start <= loc < end]:
+        for location in [
+            loc for loc in self.entries if start <= loc < end and loc not in keep
+        ]:
             entry = self.entries.pop(location)
             scope = location[: len(location) - _int_length(entry.name_index)]
             self.by_seq.pop((scope, entry.seq), None)

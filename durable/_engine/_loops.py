@@ -22,6 +22,7 @@ from .._history import COMPLETED, Entry
 from .._keys import encode_int
 from .._types import Loop
 from ._scope import Scope
+from ._signals import StopReplay
 
 if TYPE_CHECKING:
     from ._context import WorkflowContext
@@ -54,7 +55,10 @@ async def loop(
     run = scope.run
     what = f"loop {name!r} of workflow {run.workflow_id!r}"
     if entry.status == COMPLETED:
-        return load_value(entry.data[2], entry.location)  # type: ignore[index]
+        output = load_value(entry.data[2], entry.location)  # type: ignore[index]
+        if run.rolling_back and entry.data[1] is not None:  # type: ignore[index]
+            await _replay_for_handlers(run, entry, fn, make_context)
+        return output
     if fresh:
         iteration, pruned_below = 0, 0
         state_bytes, state = store_value(state, f"the state of {what}")
@@ -75,7 +79,9 @@ async def loop(
         if isinstance(result, Loop.Break):
             output_bytes, output = store_value(result.value, f"the output of {what}")
             pruned_below = _prune(run, entry, pruned_below, iteration - history_keep)
-            entry.data = [iteration, None, output_bytes, pruned_below]
+            # the final iteration and the state it started from stay (history_keep
+            # is at least 1), so rollback mode can replay it to find its handlers
+            entry.data = [iteration - 1, state_bytes, output_bytes, pruned_below]
             entry.status = COMPLETED
             entry.finished_at = run.clock.now()
             run.record(entry)
@@ -105,8 +111,37 @@ async def loop(
             await run.flush()
 
 
+async def _replay_for_handlers(
+    run: Run, entry: Entry, fn: LoopFn, make_context: MakeContext
+) -> None:
+    """Rollback mode: replay a finished loop from its last checkpoint.
+
+    Only so the steps of its kept iterations register their rollback handlers; the
+    recorded output stands.
+    """
+    iteration, state_bytes = entry.data[0], entry.data[1]  # type: ignore[index]
+    state = load_value(state_bytes, entry.location)
+    while True:
+        body_scope = Scope(run, iteration_location(entry.location, iteration))
+        try:
+            result = await fn(make_context(body_scope), state)
+        except (StopReplay, Exception):
+            return
+        finally:
+            body_scope.abandon()
+        if isinstance(result, Loop.Break):
+            return
+        if isinstance(result, Loop.Continue):
+            state = result.state
+        iteration += 1
+
+
 def _prune(run: Run, entry: Entry, start: int, end: int) -> int:
-    """Delete iterations ``[start, end)`` in the next write and from memory."""
+    """Delete iterations ``[start, end)`` in the next write and from memory.
+
+    Steps with a rollback handler are kept (written back after the range delete, in
+    the same batch): their compensation must survive pruning.
+    """
     if end <= start:
         return start
     first = iteration_location(entry.location, start)
@@ -114,5 +149,9 @@ def _prune(run: Run, entry: Entry, start: int, end: int) -> int:
     keys = run.history.keys
     run.pending.delete_range(keys.entry + first, keys.entry + last)
     run.pending.delete_range(keys.entry_meta + first, keys.entry_meta + last)
-    run.history.forget(first, last)
+    kept = set()
+    for compensable in run.history.compensable_between(first, last):
+        kept.add(compensable.location)
+        run.record(compensable)
+    run.history.forget(first, last, keep=kept)
     return end

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Final, final
 import attrs
 
 from .._codec import load_value
-from .._history import COMPLETED, Entry
+from .._errors import WorkflowError
+from .._history import COMPLETED, STEP, Entry
+from .._keys import decode_key
 from .._types import RollbackErrorEvent
 from ._signals import StopReplay
 
@@ -73,9 +75,65 @@ def register(run: Run, entry: Entry, name: str, handler: Handler) -> None:
     run.compensations.append(Compensation(entry, name, handler))
 
 
+def _site(location: bytes) -> tuple[object, ...]:
+    """Where a step sits in the code: its location without loop iteration numbers."""
+    return tuple(item for item in decode_key(location) if not isinstance(item, tuple))
+
+
+def has_unregistered_compensations(run: Run) -> bool:
+    """Whether the history holds compensable steps whose handler was not registered."""
+    if not run.checkpointed and not run.compensations:
+        return False
+    registered = {c.entry.location for c in run.compensations}
+    return any(
+        entry.kind == STEP
+        and entry.status == COMPLETED
+        and entry.location not in registered
+        and entry.full().compensable
+        and entry.rolled_back_at is None
+        for entry in list(run.history.entries.values())
+    )
+
+
+async def _pending(run: Run) -> list[Compensation]:
+    """Registered compensations not done yet, plus stored ones the code did not reach.
+
+    A finished loop's pruned iterations are not replayed: their steps take the
+    handler that a step at the same place in the code registered, in another
+    iteration.
+    """
+    pending = [c for c in run.compensations if c.entry.full().rolled_back_at is None]
+    registered = {c.entry.location for c in run.compensations}
+    by_site = {_site(c.entry.location): c for c in run.compensations}
+    history = run.history
+    for entry in list(history.entries.values()):
+        if (
+            entry.kind != STEP
+            or entry.status != COMPLETED
+            or entry.location in registered
+            or not entry.full().compensable
+            or entry.rolled_back_at is not None
+        ):
+            continue
+        twin = by_site.get(_site(entry.location))
+        name = history.names[entry.name_index]
+        if twin is not None:
+            pending.append(Compensation(entry, name, twin.handler))
+            continue
+        error = WorkflowError(
+            "MissingRollbackHandler",
+            f"no rollback handler was registered for step {name!r}: the replay did "
+            "not reach its code",
+        )
+        entry.rollback_error = error
+        run.record(entry)
+        await run.report(RollbackErrorEvent(run.workflow_id, name, error))
+    return pending
+
+
 async def roll_back(run: Run) -> bool:
     """Run the pending handlers, newest completion first; False if one failed."""
-    pending = [c for c in run.compensations if c.entry.full().rolled_back_at is None]
+    pending = await _pending(run)
     pending.sort(key=lambda c: (c.entry.finished_at or 0.0, c.entry.location))
     for compensation in reversed(pending):
         if run.evict_requested:

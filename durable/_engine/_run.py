@@ -49,7 +49,7 @@ from .._types import (
     WorkflowState,
 )
 from ._queue import Inbox, load_messages, wait_is_over
-from ._rollback import Compensation, roll_back
+from ._rollback import Compensation, has_unregistered_compensations, roll_back
 from ._scope import Scope
 from ._signals import Evicted, StopReplay, Suspend
 
@@ -136,7 +136,13 @@ class Run:
             raise WorkflowBusyError(self.workflow_id)
         runs[self.workflow_id] = self
         try:
-            return await self._execute()
+            try:
+                return await self._execute()
+            except _ReplayForHandlers:
+                # the failure is stored as rolling_back; a second pass replays the
+                # workflow in rollback mode, from the store, to find every handler
+                self._start_over()
+                return await self._execute()
         finally:
             del runs[self.workflow_id]
             self.subscription.close()
@@ -243,12 +249,15 @@ class Run:
             error = describe_exception(exc)
             meta.error = error
             first_report = True
-        if self.compensations:
+        if self.compensations or has_unregistered_compensations(self):
             self._set_state(WorkflowState.ROLLING_BACK, alarm=self.clock.now())
             await self.flush()
             if first_report:
                 await self.report(WorkflowErrorEvent(self.workflow_id, error))
                 first_report = False
+            if not self.rolling_back and has_unregistered_compensations(self):
+                # steps whose handlers this pass never met (a finished loop): replay
+                raise _ReplayForHandlers
             if not await roll_back(self):
                 if self.evict_requested:
                     raise EvictedError(self.workflow_id)
@@ -297,6 +306,18 @@ class Run:
         if await wait_is_over(self.inbox, self.driver):
             self.pending.set_alarm(self.workflow_id, self.clock.now())
             await self.flush()
+
+    def _start_over(self) -> None:
+        """Forget this pass's in-memory state, for a second pass over the store."""
+        self.history = History(self.workflow_id, WorkflowKeys(self.workflow_id))
+        self.pending = Batch()
+        self.tasks = 1
+        self._waits = {}
+        self.checkpointed = False
+        self.compensations = []
+        self.rolling_back = False
+        self._meta = None
+        self._cancel_scope = anyio.CancelScope()
 
     # --- writes -------------------------------------------------------------------
 
@@ -454,6 +475,10 @@ class Run:
                 await result
         except Exception as exc:  # a broken hook must not break the workflow
             warnings.warn(f"on_error hook raised {exc!r}", RuntimeWarning, stacklevel=1)
+
+
+class _ReplayForHandlers(Exception):  # noqa: N818 - internal, caught in execute()
+    """The failure is stored; replay in rollback mode to find every handler."""
 
 
 class _WriteGate:

@@ -158,9 +158,10 @@ async def run_step(
             entry.finished_at = clock.now()
             entry.retry_at = None
             entry.failure = None
-            run.record(entry)
             if rollback is not None:
+                entry.compensable = True  # stored: its compensation outlives pruning
                 register(run, entry, name, rollback)
+            run.record(entry)
             if not ephemeral:
                 await run.flush()
             return decoded

@@ -267,3 +267,47 @@ class TestWhereHandlersLive:
             await durable.run_workflow("w", wf, None, driver=store).result()
         assert sorted(set(ledger.undone)) == ["book=B"]
         assert len(ledger.undone) >= 2  # both branches' steps were compensated
+
+
+class TestLoopsAcrossCrashes:
+    async def test_every_iteration_is_compensated_once_whatever_write_the_crash_hits(
+        self,
+    ) -> None:
+        def workflow(ledger: Ledger) -> Workflow:
+            async def body(ctx: durable.WorkflowContext, i: object) -> object:
+                n = int(i)  # type: ignore[call-overload]
+                await ctx.step("charge", lambda: n, rollback=ledger.undo)
+                return (
+                    durable.Loop.break_(n) if n == 5 else durable.Loop.continue_(n + 1)
+                )
+
+            async def wf(ctx: durable.WorkflowContext, _: object) -> object:
+                await ctx.rollback_checkpoint("start")
+                await ctx.loop("l", body, state=0, history_every=2, history_keep=1)
+                await ctx.step("boom", no_cars)
+                return None
+
+            return wf
+
+        counting = FaultyDriver(durable.MemoryDriver())
+        with pytest.raises(durable.WorkflowFailedError):
+            await durable.run_workflow(
+                "w", workflow(Ledger()), None, driver=counting
+            ).result()
+        expected = {f"charge={i}" for i in range(6)}
+        for crash_at in range(1, counting.writes + 1):
+            ledger, store = Ledger(), durable.MemoryDriver()
+            faulty = FaultyDriver(store, fail_at=crash_at, mode="crash")
+            with pytest.raises((SimulatedCrash, durable.WorkflowFailedError)):
+                await durable.run_workflow(
+                    "w", workflow(ledger), None, driver=faulty
+                ).result()
+            with pytest.raises(durable.WorkflowFailedError):
+                await durable.run_workflow(
+                    "w", workflow(ledger), None, driver=store
+                ).result()
+            assert set(ledger.undone) == expected, (crash_at, ledger.undone)
+            # only the handler cut off by the crash may have run twice
+            assert len(ledger.undone) <= len(expected) + 1, (crash_at, ledger.undone)
+            handle = durable.run_workflow("w", workflow(ledger), None, driver=store)
+            assert await handle.get_state() == durable.WorkflowState.FAILED
