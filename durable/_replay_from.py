@@ -31,7 +31,7 @@ from ._codec import dump_record
 from ._drivers import Batch
 from ._engine._branches import BRANCH, JOIN, RACE
 from ._engine._loops import LOOP, iteration_location
-from ._engine._queue import MESSAGE
+from ._engine._queue import MESSAGE, SEND
 from ._engine._run import active_run
 from ._engine._tries import TRY
 from ._errors import (
@@ -249,6 +249,8 @@ def _plan(
             later_siblings(level, entry.seq + 1)
     for start, end in doomed:
         _restore_messages(history, start, end, batch)
+    for start, end in doomed:  # after every restore: a rerun sends these again
+        _unsend_messages(history, start, end, batch)
         batch.delete_range(keys.entry + start, keys.entry + end)
         batch.delete_range(keys.entry_meta + start, keys.entry_meta + end)
 
@@ -292,6 +294,17 @@ def _reset(history: History, entry: Entry, batch: Batch) -> None:
     keys = history.keys
     batch.put(keys.entry + entry.location, entry.data_record())
     batch.put(keys.entry_meta + entry.location, entry.meta_record())
+
+
+def _unsend_messages(history: History, start: bytes, end: bytes, batch: Batch) -> None:
+    """Take back the messages sent by the ``queue.send`` entries in ``[start, end)``."""
+    for entry in history.entries.values():
+        if (
+            entry.kind == SEND
+            and start <= entry.location < end
+            and isinstance(entry.data, bytes)  # the message's key
+        ):
+            batch.delete(entry.data)
 
 
 def _restore_messages(history: History, start: bytes, end: bytes, batch: Batch) -> None:

@@ -251,6 +251,7 @@ async def send(
     )
     message = put_message(run.pending, run.history.keys, run.clock, name, data)
     run.inbox.add(message)
+    entry.data = message.key  # so a replay-from-step can take the message back
     entry.status = COMPLETED
     entry.finished_at = run.clock.now()
     run.record(entry)

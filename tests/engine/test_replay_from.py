@@ -114,6 +114,29 @@ class TestLinear:
         assert await snapshot(driver, WID) == before
 
 
+class TestSentMessages:
+    async def test_a_message_sent_after_the_target_is_not_duplicated(
+        self, driver: durable.Driver
+    ) -> None:
+        counter = Counter()
+
+        async def wf(ctx: durable.WorkflowContext, _: object) -> object:
+            price = await ctx.step("price", lambda: counter("price", 5))
+            await ctx.queue.send("note", {"price": price})
+            await ctx.queue.send("other", "unread")  # stays queued: nobody reads it
+            [note] = await ctx.queue.next("read", names=["note"])
+            return note
+
+        handle = _run(driver, wf)
+        assert (await _result(handle)).output == {"price": 5}
+        await durable.replay_from_step(WID, "price", driver=driver)
+        assert (await _result(_run(driver, wf))).output == {"price": 5}
+        assert counter.calls == {"price": 2}
+        history = await History.load(driver, WID)
+        # one "other" message, not two: the rerun's send replaced the first one's
+        assert len(history.messages) == 1
+
+
 class TestFailed:
     async def test_a_failed_workflow_is_fixed_by_replaying_the_failed_step(
         self, driver: durable.Driver
