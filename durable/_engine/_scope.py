@@ -66,9 +66,16 @@ class Scope:
             HistoryDivergedError: the call does not match the history.
         """
         run = self.run
-        self._check_call(name, kind)
+        names = self._names
+        if (
+            self._pending is not None
+            or run.evict_requested
+            or type(name) is not str
+            or name in names
+        ):
+            self._check_call(name, kind)  # raises what fits
         history = run.history
-        self._names.add(name)
+        names.add(name)
         index = history.name_index.get(name)
         new_name = index is None
         if index is None:
