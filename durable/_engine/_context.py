@@ -241,45 +241,19 @@ class WorkflowContext:
             RollbackError: *fn* raised it (no retry).
             UnstorableValueError: *fn* returned a value msgpack cannot store.
         """
-        if (
-            rollback is None
-            and max_retries is DEFAULT_MAX_RETRIES
-            and timeout is DEFAULT_STEP_TIMEOUT
-            and callable(fn)
-        ):
-            # W2 hot path: default options need no checks; replays need no coroutine
-            scope = self._scope
-            entry, fresh = scope.begin(name, STEP)
-            if not fresh and entry.status == COMPLETED:
-                return _steps.Replayed(entry)
-            run = _steps.run_step(
-                scope,
-                entry,
-                fresh,
-                name,
-                fn,
-                max_retries,
-                retry_backoff_base,
-                retry_backoff_max,
-                timeout,
-                retry_on_timeout,
-                ephemeral,
-            )
-        else:
-            entry, maybe_run = self._begin_step(
-                name,
-                fn,
-                max_retries,
-                retry_backoff_base,
-                retry_backoff_max,
-                timeout,
-                retry_on_timeout,
-                ephemeral,
-                rollback,
-            )
-            if maybe_run is None:
-                return _steps.Replayed(entry)
-            run = maybe_run
+        entry, run = self._begin_step(
+            name,
+            fn,
+            max_retries,
+            retry_backoff_base,
+            retry_backoff_max,
+            timeout,
+            retry_on_timeout,
+            ephemeral,
+            rollback,
+        )
+        if run is None:
+            return _steps.Replayed(entry)  # W2: nothing in progress, no coroutine
         return self._scope.track(("step", name), run)
 
     def _begin_step(
