@@ -58,7 +58,3 @@ class WorkflowKeys:
         escaped NUL; the tag bytes bound the range exactly.
         """
         return self.meta, self.prefix + _TAG_END
-
-    def name_key(self, index: int) -> bytes:
-        """Key of interned name *index*."""
-        return self.name + encode_int(index)

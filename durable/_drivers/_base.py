@@ -130,11 +130,6 @@ class Subscription:
         """Mark the subscription notified (called by the driver)."""
         self._event.set()
 
-    @property
-    def notified(self) -> bool:
-        """True when a notify arrived that no ``wait()`` or ``clear()`` consumed."""
-        return self._event.is_set()
-
     def clear(self) -> None:
         """Forget a notify that arrived (before re-reading what it announced)."""
         if self._event.is_set():

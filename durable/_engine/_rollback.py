@@ -80,19 +80,23 @@ def _site(location: bytes) -> tuple[object, ...]:
     return tuple(item for item in decode_key(location) if not isinstance(item, tuple))
 
 
-def has_unregistered_compensations(run: Run) -> bool:
-    """Whether the history holds compensable steps whose handler was not registered."""
+def unregistered_compensations(run: Run) -> list[Entry]:
+    """Compensable steps not yet compensated whose handler this run never registered.
+
+    Their code was not reached: a finished loop's older iterations, say.
+    """
     if not run.checkpointed and not run.compensations:
-        return False
+        return []  # no rollback in this workflow: skip the scan
     registered = {c.entry.location for c in run.compensations}
-    return any(
-        entry.kind == STEP
+    return [
+        entry
+        for entry in list(run.history.entries.values())
+        if entry.kind == STEP
         and entry.status == COMPLETED
         and entry.location not in registered
         and entry.full().compensable
         and entry.rolled_back_at is None
-        for entry in list(run.history.entries.values())
-    )
+    ]
 
 
 async def _pending(run: Run) -> list[Compensation]:
@@ -103,18 +107,9 @@ async def _pending(run: Run) -> list[Compensation]:
     iteration.
     """
     pending = [c for c in run.compensations if c.entry.full().rolled_back_at is None]
-    registered = {c.entry.location for c in run.compensations}
     by_site = {_site(c.entry.location): c for c in run.compensations}
     history = run.history
-    for entry in list(history.entries.values()):
-        if (
-            entry.kind != STEP
-            or entry.status != COMPLETED
-            or entry.location in registered
-            or not entry.full().compensable
-            or entry.rolled_back_at is not None
-        ):
-            continue
+    for entry in unregistered_compensations(run):
         twin = by_site.get(_site(entry.location))
         name = history.names[entry.name_index]
         if twin is not None:

@@ -49,7 +49,7 @@ from .._types import (
     WorkflowState,
 )
 from ._queue import Inbox, load_messages, wait_is_over
-from ._rollback import Compensation, has_unregistered_compensations, roll_back
+from ._rollback import Compensation, roll_back, unregistered_compensations
 from ._scope import Scope
 from ._signals import Evicted, StopReplay, Suspend
 
@@ -249,13 +249,14 @@ class Run:
             error = describe_exception(exc)
             meta.error = error
             first_report = True
-        if self.compensations or has_unregistered_compensations(self):
+        unmet = unregistered_compensations(self)
+        if self.compensations or unmet:
             self._set_state(WorkflowState.ROLLING_BACK, alarm=self.clock.now())
             await self.flush()
             if first_report:
                 await self.report(WorkflowErrorEvent(self.workflow_id, error))
                 first_report = False
-            if not self.rolling_back and has_unregistered_compensations(self):
+            if not self.rolling_back and unmet:
                 # steps whose handlers this pass never met (a finished loop): replay
                 raise _ReplayForHandlers
             if not await roll_back(self):
@@ -438,12 +439,8 @@ class Run:
             await self._wait_in_memory(deadline, waiting_for)
         finally:
             del self._waits[token]
-        if self.meta_state() == WorkflowState.SLEEPING:
+        if self._require_meta().state == WorkflowState.SLEEPING:
             self._set_state(WorkflowState.RUNNING, alarm=self.clock.now())
-
-    def meta_state(self) -> WorkflowState:
-        """The state this run last recorded (or will record with the next write)."""
-        return self._require_meta().state
 
     async def _wait_in_memory(
         self, deadline: float | None, waiting_for: tuple[str, ...] | None

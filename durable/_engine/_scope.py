@@ -76,15 +76,7 @@ class Scope:
             self._check_call(name, kind)  # raises what fits
         history = run.history
         names.add(name)
-        index = history.name_index.get(name)
-        new_name = index is None
-        if index is None:
-            index, _ = history.intern(name)
-            index_bytes = encode_int(index)
-            run.pending.put(history.keys.name + index_bytes, name.encode())
-        else:
-            index_bytes = encode_int(index)
-        location = self.location + index_bytes
+        index, location, new_name = self._locate(name)
         seq = self._counter
         self._counter = seq + 1
         if history.by_seq:  # replaying: the k-th call must match the k-th entry
@@ -114,11 +106,7 @@ class Scope:
         self._check_call(name, kind)
         self._names.add(name)
         history = self.run.history
-        index, new_name = history.intern(name)
-        index_bytes = encode_int(index)
-        if new_name:
-            self.run.pending.put(history.keys.name + index_bytes, name.encode())
-        location = self.location + index_bytes
+        index, location, _ = self._locate(name)
         recorded = history.entries.get(location)
         if recorded is not None:
             if recorded.kind != kind and not (
@@ -131,6 +119,21 @@ class Scope:
         entry = Entry(location, kind, -1, index)
         history.entries[location] = entry
         return entry, True
+
+    def _locate(self, name: str) -> tuple[int, bytes, bool]:
+        """Intern *name* (a new name's key rides with the next write).
+
+        Returns its index, the location of the entry it names in this scope, and
+        whether the name is new to the workflow.
+        """
+        history = self.run.history
+        index = history.name_index.get(name)
+        if index is not None:
+            return index, self.location + encode_int(index), False
+        index, _ = history.intern(name)
+        index_bytes = encode_int(index)
+        self.run.pending.put(history.keys.name + index_bytes, name.encode())
+        return index, self.location + index_bytes, True
 
     def has_unvisited(self) -> bool:
         """Whether the history holds entries of this scope that this run has not reached."""
