@@ -9,7 +9,10 @@ no codec, no clock. What it must guarantee (``durable.testing.check_driver`` che
 * alarms (one optional wake time per workflow id) change only through batches, in the
   same atomic write as the history that explains them;
 * a ``notify`` op wakes every `Subscription` of that workflow id taken out before the
-  write committed (a wake-up is never lost between a check and a wait).
+  write committed (a wake-up is never lost between a check and a wait);
+* a batch that sets an alarm wakes every alarm subscription (``subscribe_alarms``)
+  taken out before it committed, so a worker sleeping until its next alarm learns
+  of an earlier one without polling.
 
 Keys starting with ``0xFF`` are reserved for drivers' own bookkeeping (the engine's
 keys never start with it), and are never returned by ``list_prefix``/``list_range``.
@@ -58,6 +61,7 @@ class Batch:
     # (code, key or workflow id, value or end or time): Any keeps drivers' loops cheap
     ops: list[tuple[int, Any, Any]] = attrs.field(factory=list)
     has_notify: bool = False  # lets drivers skip scanning for NOTIFY ops (W1)
+    sets_alarm: bool = False  # wakes alarm subscribers once committed
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -84,6 +88,7 @@ class Batch:
     def set_alarm(self, workflow_id: str, at: float) -> None:
         """Set (or move) the workflow's alarm to *at* epoch seconds."""
         self.ops.append((SET_ALARM, workflow_id, float(at)))
+        self.sets_alarm = True
 
     def clear_alarm(self, workflow_id: str) -> None:
         """Remove the workflow's alarm if it has one."""
@@ -98,6 +103,7 @@ class Batch:
         """Append every op of *other*, keeping their order."""
         self.ops.extend(other.ops)
         self.has_notify = self.has_notify or other.has_notify
+        self.sets_alarm = self.sets_alarm or other.sets_alarm
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -118,10 +124,11 @@ class Subscription:
     """Wake-ups for one workflow id; ``wait()`` returns once a notify arrived.
 
     A notify that lands between taking the subscription and calling ``wait()`` is kept,
-    so check-then-wait loops never miss one.
+    so check-then-wait loops never miss one. A workflow id of ``None`` stands for
+    alarm changes (`Driver.subscribe_alarms`).
     """
 
-    def __init__(self, notifier: LocalNotifier, workflow_id: str) -> None:
+    def __init__(self, notifier: LocalNotifier, workflow_id: str | None) -> None:
         self._notifier = notifier
         self._workflow_id = workflow_id
         self._event = anyio.Event()
@@ -155,15 +162,16 @@ class LocalNotifier:
     """In-process fan-out of ``notify`` ops, for drivers whose writers share a process."""
 
     def __init__(self) -> None:
-        self._subscribers: dict[str, set[Subscription]] = {}
+        # None: alarm subscribers (a workflow id is never None)
+        self._subscribers: dict[str | None, set[Subscription]] = {}
 
-    def subscribe(self, workflow_id: str) -> Subscription:
-        """Return a new subscription to *workflow_id*'s wake-ups."""
+    def subscribe(self, workflow_id: str | None) -> Subscription:
+        """Return a new subscription to *workflow_id*'s wake-ups (None: alarms)."""
         subscription = Subscription(self, workflow_id)
         self._subscribers.setdefault(workflow_id, set()).add(subscription)
         return subscription
 
-    def unsubscribe(self, workflow_id: str, subscription: Subscription) -> None:
+    def unsubscribe(self, workflow_id: str | None, subscription: Subscription) -> None:
         """Forget *subscription*."""
         subscribers = self._subscribers.get(workflow_id)
         if subscribers is not None:
@@ -172,8 +180,13 @@ class LocalNotifier:
                 del self._subscribers[workflow_id]
 
     def notify_batch(self, batch: Batch) -> None:
-        """Deliver the ``notify`` ops of a committed batch."""
-        if not batch.has_notify or not self._subscribers:
+        """Deliver the ``notify`` ops and alarm changes of a committed batch."""
+        if not self._subscribers:
+            return
+        if batch.sets_alarm:
+            for subscription in self._subscribers.get(None, ()):
+                subscription.set()
+        if not batch.has_notify:
             return
         for code, workflow_id, _ in batch.ops:
             if code == NOTIFY:
@@ -233,6 +246,10 @@ class Driver(ABC):
     @abstractmethod
     def subscribe(self, workflow_id: str) -> Subscription:
         """Take out a subscription to the workflow's ``notify`` ops."""
+
+    @abstractmethod
+    def subscribe_alarms(self) -> Subscription:
+        """Take out a subscription that wakes whenever a batch sets an alarm."""
 
     @abstractmethod
     async def close(self) -> None:

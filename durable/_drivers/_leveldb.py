@@ -227,6 +227,10 @@ class LevelDBDriver(Driver):
         """Take out a subscription to the workflow's wake-ups."""
         return self._notifier.subscribe(workflow_id)
 
+    def subscribe_alarms(self) -> Subscription:
+        """Take out a subscription that wakes whenever a batch sets an alarm."""
+        return self._notifier.subscribe(None)
+
     async def close(self) -> None:
         """Close the database and release its lock; safe to call twice."""
         if not self._db.closed:

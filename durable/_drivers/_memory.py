@@ -1,4 +1,8 @@
-"""MemoryDriver: the driver protocol over a sorted in-memory list, for tests."""
+"""MemoryDriver: the driver protocol over a sorted in-memory list, for tests.
+
+Alarms are kept twice, by workflow id and as a sorted list of ``(time, id)``, so due
+alarms are found in O(due) like the LevelDB driver's time index.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ class MemoryDriver(Driver):
         self._data: dict[bytes, bytes] = {}
         self._keys: list[bytes] = []  # sorted
         self._alarms: dict[str, float] = {}
+        self._alarm_order: list[tuple[float, str]] = []  # sorted (at, workflow id)
         self._notifier = LocalNotifier()
         self._closed = False
 
@@ -87,10 +92,18 @@ class MemoryDriver(Driver):
                     del data[key]
                 del keys[lo:hi]
             elif code == SET_ALARM:
+                self._drop_alarm(a)
                 self._alarms[a] = b
+                bisect.insort(self._alarm_order, (b, a))
             elif code == CLEAR_ALARM:
-                self._alarms.pop(a, None)
+                self._drop_alarm(a)
         self._notifier.notify_batch(batch)
+
+    def _drop_alarm(self, workflow_id: str) -> None:
+        at = self._alarms.pop(workflow_id, None)
+        if at is not None:
+            order = self._alarm_order
+            del order[bisect.bisect_left(order, (at, workflow_id))]
 
     async def get_alarm(self, workflow_id: str) -> float | None:
         """Return the workflow's alarm time, or ``None``."""
@@ -103,17 +116,26 @@ class MemoryDriver(Driver):
         """Return alarms due by *until*, earliest first."""
         self._check_open()
         check_limit(limit)
-        due = sorted(
-            (at, workflow_id)
-            for workflow_id, at in self._alarms.items()
-            if until is None or at <= until
-        )
-        return [Alarm(workflow_id, at) for at, workflow_id in due[:limit]]
+        order = self._alarm_order
+        end = len(order)
+        if until is not None:
+            end = bisect.bisect_right(order, until, key=_alarm_time)
+        if limit is not None:
+            end = min(end, limit)
+        return [Alarm(workflow_id, at) for at, workflow_id in order[:end]]
 
     def subscribe(self, workflow_id: str) -> Subscription:
         """Take out a subscription to the workflow's wake-ups."""
         return self._notifier.subscribe(workflow_id)
 
+    def subscribe_alarms(self) -> Subscription:
+        """Take out a subscription that wakes whenever a batch sets an alarm."""
+        return self._notifier.subscribe(None)
+
     async def close(self) -> None:
         """Drop nothing, but refuse further use."""
         self._closed = True
+
+
+def _alarm_time(item: tuple[float, str]) -> float:
+    return item[0]

@@ -116,5 +116,10 @@ class FaultyDriver(Driver):
         self._check()
         return self.inner.subscribe(workflow_id)
 
+    def subscribe_alarms(self) -> Subscription:
+        """See `durable.Driver.subscribe_alarms`."""
+        self._check()
+        return self.inner.subscribe_alarms()
+
     async def close(self) -> None:
         """Do nothing: the inner driver is the surviving store, owned by the test."""

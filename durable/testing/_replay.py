@@ -93,6 +93,9 @@ class _AuditDriver(Driver):
     def subscribe(self, workflow_id: str) -> Subscription:
         return self.inner.subscribe(workflow_id)
 
+    def subscribe_alarms(self) -> Subscription:
+        return self.inner.subscribe_alarms()
+
     async def close(self) -> None:
         pass
 

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from durable import Driver, LevelDBDriver, MemoryDriver, StorageError
@@ -588,6 +589,46 @@ class TestSubscriptions:
         with driver.subscribe("wf") as subscription:
             assert not await is_woken(subscription, write)
 
+    async def test_setting_an_alarm_wakes_an_alarm_subscription(
+        self, driver: Driver
+    ) -> None:
+        async def write() -> None:
+            batch = Batch()
+            batch.set_alarm("wf", 5.0)
+            await driver.write(batch)
+
+        with driver.subscribe_alarms() as subscription:
+            assert await is_woken(subscription, write)
+
+    async def test_alarm_set_before_the_wait_is_not_lost(self, driver: Driver) -> None:
+        with driver.subscribe_alarms() as subscription:
+            batch = Batch()
+            batch.set_alarm("wf", 5.0)
+            await driver.write(batch)
+            with anyio.fail_after(SAFETY_TIMEOUT):
+                await subscription.wait()
+
+    async def test_writes_without_an_alarm_do_not_wake_alarm_subscriptions(
+        self, driver: Driver
+    ) -> None:
+        async def write() -> None:
+            batch = Batch()
+            batch.put(b"k", b"v")
+            batch.clear_alarm("wf")
+            batch.notify("wf")
+            await driver.write(batch)
+
+        with driver.subscribe_alarms() as subscription:
+            assert not await is_woken(subscription, write)
+
+    async def test_closed_alarm_subscription_is_not_woken(self, driver: Driver) -> None:
+        subscription = driver.subscribe_alarms()
+        subscription.close()
+        batch = Batch()
+        batch.set_alarm("wf", 5.0)
+        await driver.write(batch)
+        assert not await is_woken(subscription, anyio.lowlevel.checkpoint)
+
     async def test_every_subscriber_of_the_workflow_is_woken(
         self, driver: Driver
     ) -> None:
@@ -753,6 +794,9 @@ class _Recording(Driver):
         return []
 
     def subscribe(self, workflow_id: str) -> Subscription:
+        raise NotImplementedError
+
+    def subscribe_alarms(self) -> Subscription:
         raise NotImplementedError
 
     async def close(self) -> None:
