@@ -11,6 +11,8 @@ DurableError(Exception)
 ├── EvictedError, WorkflowFailedError (.error), WorkflowCancelledError
 ├── UnknownWorkflowError (.workflow_id), WorkflowFinishedError (.workflow_id .state)
 ├── WorkflowBusyError (.workflow_id)
+├── WorkflowNameMismatchError(DurableError, ValueError) (.workflow_id .stored .requested)
+├── UnregisteredWorkflowError(DurableError, LookupError) (.name .registered)
 ├── ReplayTargetError(DurableError, LookupError) (.workflow_id .target)
 ├── UnstorableValueError(DurableError, TypeError) (.what .value_type)
 └── StorageError ── StoreLockedError (.path), CorruptRecordError (.key)
@@ -182,6 +184,35 @@ class UnknownWorkflowError(DurableError, LookupError):
             "first or check the id and the driver"
         )
         self.workflow_id = workflow_id
+
+
+class WorkflowNameMismatchError(DurableError, ValueError):
+    """The id is taken by a workflow that runs another registered workflow."""
+
+    def __init__(self, workflow_id: str, *, stored: str | None, requested: str) -> None:
+        runs = "a plain function (no name)" if stored is None else repr(stored)
+        super().__init__(
+            f"workflow {workflow_id!r} already exists and runs {runs}, not "
+            f"{requested!r}; start {requested!r} under another id, or address the "
+            "existing workflow by its own name"
+        )
+        self.workflow_id = workflow_id
+        self.stored = stored
+        self.requested = requested
+
+
+class UnregisteredWorkflowError(DurableError, LookupError):
+    """No workflow function is registered under this name."""
+
+    def __init__(self, name: str | None, *, registered: tuple[str, ...]) -> None:
+        known = ", ".join(map(repr, registered)) or "none"
+        what = "no name" if name is None else f"the name {name!r}"
+        super().__init__(
+            f"no workflow with {what} is registered (registered: {known}); "
+            "pass it to Worker(workflows=[...]) or worker.register()"
+        )
+        self.name = name
+        self.registered = registered
 
 
 class WorkflowFinishedError(DurableError):

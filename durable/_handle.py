@@ -28,6 +28,7 @@ from ._history import FAILED, RETRYING, History, WorkflowMeta
 from ._layout import WorkflowKeys
 from ._replay_from import StepPath, replay_from
 from ._types import WorkflowResult, WorkflowState
+from ._workflow import workflow_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -163,6 +164,7 @@ class WorkflowHandle:
                 mode=self._mode,
                 clock=self._clock,
                 on_error=self._on_error,
+                workflow_name=workflow_name(self._fn),
             )
             self._run = run
             try:
@@ -330,7 +332,7 @@ class WorkflowHandle:
             meta.state = WorkflowState.PENDING
             meta.error = None
             meta.updated_at = now
-            batch.put(keys.meta, meta.to_bytes())
+            meta.write(batch, keys)
             batch.set_alarm(self.workflow_id, now)
             batch.notify(self.workflow_id)
             await driver.write(batch)
@@ -377,7 +379,7 @@ class WorkflowHandle:
                 meta.state = WorkflowState.CANCELLED
                 meta.updated_at = now
             batch = Batch()
-            batch.put(keys.meta, meta.to_bytes())
+            meta.write(batch, keys)
             batch.clear_alarm(self.workflow_id)
             batch.notify(self.workflow_id)
             await driver.write(batch)

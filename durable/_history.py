@@ -26,11 +26,12 @@ from ._layout import (
     TAG_META,
     TAG_NAME,
     WorkflowKeys,
+    index_keys,
 )
 from ._types import WorkflowState
 
 if TYPE_CHECKING:
-    from ._drivers import Driver
+    from ._drivers import Batch, Driver
 
 FORMAT: Final = 1
 """Version of the record layout; a store written by a newer format is refused."""
@@ -164,6 +165,21 @@ class WorkflowMeta:
     error: WorkflowError | None = None
     sleep_until: float | None = None
     waiting_for: list[str] | None = None
+    name: str | None = None  # the registered workflow it runs; None: a plain function
+    # (state, name) as the listing index holds them; None: not indexed yet
+    indexed: tuple[str, str | None] | None = attrs.field(default=None, eq=False)
+
+    def write(self, batch: Batch, keys: WorkflowKeys) -> None:
+        """Queue this record, moving its listing-index keys if state or name changed."""
+        batch.put(keys.meta, self.to_bytes())
+        position = (str(self.state), self.name)
+        if position != self.indexed:
+            if self.indexed is not None:
+                for key in index_keys(keys.workflow_id, *self.indexed):
+                    batch.delete(key)
+            for key in index_keys(keys.workflow_id, *position):
+                batch.put(key, b"")
+            self.indexed = position
 
     def to_bytes(self) -> bytes:
         """Encode the record."""
@@ -180,6 +196,7 @@ class WorkflowMeta:
                 error,
                 self.sleep_until,
                 self.waiting_for,
+                self.name,
             ]
         )
 
@@ -195,7 +212,10 @@ class WorkflowMeta:
                 raise CorruptRecordError(
                     key, f"written by a newer durable (format {fmt}); upgrade durable"
                 )
-            return cls(
+            name = record[8] if len(record) > 8 else None  # appended in format 1
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"workflow name {name!r} is not a str")
+            meta = cls(
                 state=WorkflowState(state),
                 created_at=created,
                 updated_at=updated,
@@ -203,9 +223,12 @@ class WorkflowMeta:
                 error=None if error is None else WorkflowError(*error),
                 sleep_until=sleep_until,
                 waiting_for=waiting_for,
+                name=name,
             )
         except (ValueError, TypeError) as exc:
             raise CorruptRecordError(key, f"bad workflow record ({exc})") from None
+        meta.indexed = (state, name)
+        return meta
 
 
 @attrs.define

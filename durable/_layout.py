@@ -12,6 +12,14 @@ followed by one tag byte, so one range scan loads a workflow and nothing else:
 | ``(1, id, 4, *location)`` | entry metadata record |
 | ``(1, id, 5, sequence)`` | a queued message |
 
+Two listing indexes, outside every workflow's prefix, follow each workflow's state and
+name (kept in step with the metadata record by `WorkflowMeta.write`):
+
+| key tuple | value |
+|---|---|
+| ``(2, state, id)`` | empty: every workflow, by state |
+| ``(3, name, state, id)`` | empty: named workflows, by name and state |
+
 A *location* is the path of an entry: interned name indexes, with ``(loop, iteration)``
 nested tuples for loop iterations. In memory a location is kept as its encoded bytes,
 so a child's location is its parent's bytes plus one encoded int.
@@ -23,9 +31,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._keys import encode_int, encode_key
+from ._drivers._base import prefix_end
+from ._keys import Key, decode_key, encode_int, encode_key
 
 WORKFLOWS: Final = 1
+BY_STATE: Final = 2
+BY_NAME: Final = 3
 
 TAG_META: Final = encode_int(0)
 TAG_INPUT: Final = encode_int(1)
@@ -39,9 +50,19 @@ _TAG_END: Final = encode_int(6)
 class WorkflowKeys:
     """Precomputed key prefixes of one workflow (built once per run: W1 hot path)."""
 
-    __slots__ = ("entry", "entry_meta", "input", "message", "meta", "name", "prefix")
+    __slots__ = (
+        "entry",
+        "entry_meta",
+        "input",
+        "message",
+        "meta",
+        "name",
+        "prefix",
+        "workflow_id",
+    )
 
     def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
         self.prefix = encode_key((WORKFLOWS, workflow_id))
         self.meta = self.prefix + TAG_META
         self.input = self.prefix + TAG_INPUT
@@ -58,3 +79,30 @@ class WorkflowKeys:
         escaped NUL; the tag bytes bound the range exactly.
         """
         return self.meta, self.prefix + _TAG_END
+
+
+def index_keys(workflow_id: str, state: str, name: str | None) -> list[bytes]:
+    """The listing-index keys of a workflow in *state* running *name*."""
+    keys = [encode_key((BY_STATE, state, workflow_id))]
+    if name is not None:
+        keys.append(encode_key((BY_NAME, name, state, workflow_id)))
+    return keys
+
+
+def index_range(state: str | None, name: str | None) -> tuple[bytes, bytes]:
+    """The ``[start, end)`` range of index keys listing workflows that match."""
+    prefix: Key
+    if name is None:
+        prefix = (BY_STATE,) if state is None else (BY_STATE, state)
+    else:
+        prefix = (BY_NAME, name) if state is None else (BY_NAME, name, state)
+    start = encode_key(prefix)
+    return start, prefix_end(start)
+
+
+def index_entry(key: bytes) -> tuple[str, str, str | None]:
+    """``(workflow_id, state, name)`` of a listing-index key."""
+    parts = decode_key(key)
+    if parts[0] == BY_STATE:
+        return parts[2], parts[1], None  # type: ignore[return-value]
+    return parts[3], parts[2], parts[1]  # type: ignore[return-value]

@@ -90,7 +90,7 @@ async def replay_from(
     meta.sleep_until = None
     meta.waiting_for = None
     meta.updated_at = now
-    batch.put(history.keys.meta, meta.to_bytes())
+    meta.write(batch, history.keys)
     batch.set_alarm(workflow_id, now)
     batch.notify(workflow_id)
     await driver.write(batch)

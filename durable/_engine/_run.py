@@ -37,6 +37,7 @@ from .._errors import (
     WorkflowCancelledError,
     WorkflowError,
     WorkflowFailedError,
+    WorkflowNameMismatchError,
 )
 from .._history import Entry, History, WorkflowMeta
 from .._layout import WorkflowKeys
@@ -91,8 +92,10 @@ class Run:
         mode: Mode,
         clock: Clock,
         on_error: ErrorHook | None,
+        workflow_name: str | None = None,
     ) -> None:
         self.workflow_id = workflow_id
+        self.workflow_name = workflow_name  # recorded; a stored other name is refused
         self.fn = fn
         self.input = input
         self.driver = driver
@@ -161,8 +164,19 @@ class Run:
                 self.input, f"the input of workflow {self.workflow_id!r}"
             )
             self.pending.put(history.keys.input, data)
-            meta = WorkflowMeta(WorkflowState.RUNNING, created_at=now, updated_at=now)
+            meta = WorkflowMeta(
+                WorkflowState.RUNNING,
+                created_at=now,
+                updated_at=now,
+                name=self.workflow_name,
+            )
         else:
+            if self.workflow_name is not None and meta.name != self.workflow_name:
+                if meta.name is not None:
+                    raise WorkflowNameMismatchError(
+                        self.workflow_id, stored=meta.name, requested=self.workflow_name
+                    )
+                meta.name = self.workflow_name  # started unnamed: it is named now
             if meta.state == WorkflowState.CANCELLED:
                 raise WorkflowCancelledError(self.workflow_id)
             if meta.state == WorkflowState.COMPLETED:
@@ -378,7 +392,9 @@ class Run:
         meta.updated_at = self.clock.now()
         meta.sleep_until = until
         meta.waiting_for = None if waiting_for is None else list(waiting_for)
-        self.pending.put(self.history.keys.meta, meta.to_bytes())
+        meta.write(self.pending, self.history.keys)
+        if state.is_final:
+            self.pending.notify(self.workflow_id)  # wakes whoever awaits the result
         if alarm is None:
             self.pending.clear_alarm(self.workflow_id)
         else:
@@ -393,8 +409,9 @@ class Run:
             if meta is not None:
                 meta.state = WorkflowState.CANCELLED
                 meta.updated_at = self.clock.now()
-                batch.put(self.history.keys.meta, meta.to_bytes())
+                meta.write(batch, self.history.keys)
                 batch.clear_alarm(self.workflow_id)
+                batch.notify(self.workflow_id)
                 await self.driver.write(batch)
         self._cancel_scope.cancel()
         return

@@ -41,8 +41,9 @@ BACKENDS = ("asyncio", "trio")
 OPTION_SETS = [(1, 1, 1), (3, 5, 2), (20, 20, 20), (7, 3, 10)]
 
 # Keys a workflow with one loop of one step per iteration keeps besides its kept
-# iterations: workflow meta, input, two interned names, the loop entry (data + meta).
-FIXED_KEYS = 6
+# iterations: workflow meta, input, two interned names, the loop entry (data + meta),
+# and its listing-index key.
+FIXED_KEYS = 7
 KEYS_PER_ITERATION = 2  # one step: entry data + entry meta
 
 
