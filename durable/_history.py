@@ -11,20 +11,16 @@ ever appended, so older records stay readable.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from ._codec import dump_record, load_record
 from ._errors import CorruptRecordError, WorkflowError
-from ._keys import decode_key
+from ._keys import decode_key, encode_int
 from ._layout import (
-    TAG_ENTRY,
-    TAG_ENTRY_META,
-    TAG_INPUT,
-    TAG_MESSAGE,
-    TAG_META,
-    TAG_NAME,
     WorkflowKeys,
     index_keys,
 )
@@ -251,57 +247,74 @@ class History:
     async def load(cls, driver: Driver, workflow_id: str) -> History:
         """Read a workflow's whole history with one range scan.
 
-        W2/W7 hot path: one pass over the items in key order. Entry keys sort
-        before entry metadata keys, so every entry exists when its metadata comes.
+        W2/W7 hot path: the scan returns the keys in order, so grouped by tag (meta
+        and input, names, entries, entry metadata, messages). The list is cut at
+        the tag boundaries by binary search and each group gets its own tight loop;
+        entries come before their metadata.
         """
         keys = WorkflowKeys(workflow_id)
         history = cls(workflow_id, keys)
-        skip = len(keys.prefix)
-        names: dict[int, str] = {}
+        items = await driver.list_range(*keys.scan_range)
+        names_at = bisect_left(items, keys.name, key=_key)
+        entries_at = bisect_left(items, keys.entry, names_at, key=_key)
+        metas_at = bisect_left(items, keys.entry_meta, entries_at, key=_key)
+        messages_at = bisect_left(items, keys.message, metas_at, key=_key)
+        for key, value in items[:names_at]:
+            if key == keys.meta:
+                history.meta = WorkflowMeta.from_bytes(value, key)
+            elif key.startswith(keys.input):
+                history.input = value
+            else:
+                raise CorruptRecordError(key, "unknown key tag")
+        history._load_names(items[names_at:entries_at])
+        skip = len(keys.entry)  # every tag but the workflow record's is 2 bytes
         entries = history.entries
         by_seq = history.by_seq
         scope_sizes = history.scope_sizes
-        for key, value in await driver.list_range(*keys.scan_range):
-            tag = key[
-                skip : skip + 2
-            ]  # every tag but TAG_META (the whole key) is 2 bytes
-            if tag == TAG_ENTRY:
-                location = key[skip + 2 :]
-                record = load_record(value, key)
-                try:
-                    kind, seq, name_index, data = record[:4]
-                    scope = location[: len(location) - _int_length(name_index)]
-                    entry = Entry(location, kind, seq, name_index, data)
-                    entries[location] = entry
-                    if seq >= 0:  # version markers (seq -1) stand outside the order
-                        by_seq[scope, seq] = entry
-                        if seq >= scope_sizes.get(scope, 0):
-                            scope_sizes[scope] = seq + 1
-                except (ValueError, TypeError, AttributeError) as exc:
-                    raise CorruptRecordError(key, f"bad entry record ({exc})") from None
-            elif tag == TAG_ENTRY_META:
-                meta_of = entries.get(key[skip + 2 :])
-                if meta_of is None:
-                    continue  # metadata outliving its entry (a pruned write); harmless
-                meta_of.raw_meta = (key, value)
-                if meta_of.kind == STEP and meta_of.data is not None:
-                    meta_of.status = COMPLETED  # only a completed step has an output
-                else:
-                    meta_of.full()
-            elif tag == TAG_NAME:
-                names[_decode_index(key, key[skip + 2 :])] = value.decode()
-            elif tag == TAG_META:
-                history.meta = WorkflowMeta.from_bytes(value, key)
-            elif tag == TAG_INPUT:
-                history.input = value
-            elif tag == TAG_MESSAGE:
-                history.messages.append((key, value))
+        for key, value in items[entries_at:metas_at]:
+            location = key[skip:]
+            record = load_record(value, key)
+            try:
+                kind, seq, name_index, data = record[:4]
+                scope = location[: len(location) - _int_length(name_index)]
+                entry = Entry(location, kind, seq, name_index, data)
+                entries[location] = entry
+                if seq >= 0:  # version markers (seq -1) stand outside the order
+                    by_seq[scope, seq] = entry
+                    if seq >= scope_sizes.get(scope, 0):
+                        scope_sizes[scope] = seq + 1
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise CorruptRecordError(key, f"bad entry record ({exc})") from None
+        find = entries.get
+        for item in items[metas_at:messages_at]:
+            meta_of = find(item[0][skip:])
+            if meta_of is None:
+                continue  # metadata outliving its entry (a pruned write); harmless
+            meta_of.raw_meta = item  # the scan's own (key, value) pair
+            if meta_of.kind == STEP and meta_of.data is not None:
+                meta_of.status = COMPLETED  # only a completed step has an output
             else:
-                raise CorruptRecordError(key, "unknown key tag")
-        if names:
-            history.names = [names.get(i, "") for i in range(max(names) + 1)]
-            history.name_index = {name: i for i, name in names.items()}
+                meta_of.full()
+        history.messages = items[messages_at:]
         return history
+
+    def _load_names(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Fill `names` and `name_index` from the stored name records, in key order."""
+        prefix = self.keys.name
+        count = len(items)
+        # W2: names are interned as 0, 1, 2, ...; when the keys say exactly that,
+        # the names list is the values in order and needs no per-key decoding
+        if list(map(_key, items)) == [
+            prefix + i for i in map(encode_int, range(count))
+        ]:
+            self.names = [value.decode() for _, value in items]
+            self.name_index = dict(zip(self.names, range(count), strict=True))
+            return
+        skip = len(prefix)
+        names = {_decode_index(key, key[skip:]): value.decode() for key, value in items}
+        if names:
+            self.names = [names.get(i, "") for i in range(max(names) + 1)]
+            self.name_index = {name: i for i, name in names.items()}
 
     def compensable_between(self, start: bytes, end: bytes) -> list[Entry]:
         """Completed steps with a rollback handler whose location is in the range."""
@@ -358,6 +371,9 @@ class History:
             else:
                 parts.append(f"#{item!r}")
         return " / ".join(parts)
+
+
+_key = itemgetter(0)  # of a (key, value) pair
 
 
 def _int_length(index: int) -> int:
