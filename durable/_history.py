@@ -12,6 +12,7 @@ ever appended, so older records stay readable.
 from __future__ import annotations
 
 from bisect import bisect_left
+from itertools import islice
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final
 
@@ -238,10 +239,45 @@ class History:
     names: list[str] = attrs.Factory(list)
     name_index: dict[str, int] = attrs.Factory(dict)
     entries: dict[bytes, Entry] = attrs.Factory(dict)
-    # (scope location, seq) → entry, and entries per scope: what replay must visit
-    by_seq: dict[tuple[bytes, int], Entry] = attrs.Factory(dict)
-    scope_sizes: dict[bytes, int] = attrs.Factory(dict)
     messages: list[tuple[bytes, bytes]] = attrs.Factory(list)  # unconsumed, in order
+    loaded: int = 0  # entries read from the store: the first `loaded` of `entries`
+    # `by_seq` and `scope_sizes`, built from the loaded entries when first asked for
+    # (W2: a replay whose calls all match by location never asks, see `Scope.begin`)
+    _by_seq: dict[tuple[bytes, int], Entry] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
+    _scope_sizes: dict[bytes, int] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
+
+    @property
+    def by_seq(self) -> dict[tuple[bytes, int], Entry]:
+        """(scope location, seq) → loaded entry: what replay must visit, in order."""
+        if self._by_seq is None:
+            self._index()
+        return self._by_seq  # type: ignore[return-value]
+
+    @property
+    def scope_sizes(self) -> dict[bytes, int]:
+        """Scope location → 1 + the highest seq loaded in that scope."""
+        if self._scope_sizes is None:
+            self._index()
+        return self._scope_sizes  # type: ignore[return-value]
+
+    def _index(self) -> None:
+        by_seq: dict[tuple[bytes, int], Entry] = {}
+        sizes: dict[bytes, int] = {}
+        # loaded entries come first in `entries`; new ones are added after them, and
+        # `forget` (the only remover) builds the index before it removes any
+        for entry in islice(self.entries.values(), self.loaded):
+            seq = entry.seq
+            if seq >= 0:  # version markers (seq -1) stand outside the order
+                location = entry.location
+                scope = location[: len(location) - _int_length(entry.name_index)]
+                by_seq[scope, seq] = entry
+                if seq >= sizes.get(scope, 0):
+                    sizes[scope] = seq + 1
+        self._by_seq, self._scope_sizes = by_seq, sizes
 
     @classmethod
     async def load(cls, driver: Driver, workflow_id: str) -> History:
@@ -269,22 +305,17 @@ class History:
         history._load_names(items[names_at:entries_at])
         skip = len(keys.entry)  # every tag but the workflow record's is 2 bytes
         entries = history.entries
-        by_seq = history.by_seq
-        scope_sizes = history.scope_sizes
         for key, value in items[entries_at:metas_at]:
             location = key[skip:]
             record = load_record(value, key)
             try:
                 kind, seq, name_index, data = record[:4]
-                scope = location[: len(location) - _int_length(name_index)]
-                entry = Entry(location, kind, seq, name_index, data)
-                entries[location] = entry
-                if seq >= 0:  # version markers (seq -1) stand outside the order
-                    by_seq[scope, seq] = entry
-                    if seq >= scope_sizes.get(scope, 0):
-                        scope_sizes[scope] = seq + 1
-            except (ValueError, TypeError, AttributeError) as exc:
+                if seq.__class__ is not int or name_index.__class__ is not int:
+                    raise TypeError("seq and name index must be ints")
+                entries[location] = Entry(location, kind, seq, name_index, data)
+            except (ValueError, TypeError) as exc:
                 raise CorruptRecordError(key, f"bad entry record ({exc})") from None
+        history.loaded = len(entries)
         find = entries.get
         for item in items[metas_at:messages_at]:
             meta_of = find(item[0][skip:])
@@ -335,13 +366,14 @@ class History:
         keep: frozenset[bytes] | set[bytes] = frozenset(),
     ) -> None:
         """Drop entries with locations in ``[start, end)`` (pruned loop iterations)."""
+        by_seq, scope_sizes = self.by_seq, self.scope_sizes  # built before removing
         for location in [
             loc for loc in self.entries if start <= loc < end and loc not in keep
         ]:
             entry = self.entries.pop(location)
             scope = location[: len(location) - _int_length(entry.name_index)]
-            self.by_seq.pop((scope, entry.seq), None)
-            self.scope_sizes.pop(scope, None)
+            by_seq.pop((scope, entry.seq), None)
+            scope_sizes.pop(scope, None)
 
     def has_later_entry(self, entry: Entry) -> bool:
         """Whether *entry*'s scope recorded anything after it."""

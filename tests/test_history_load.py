@@ -7,7 +7,7 @@ import pytest
 import durable
 from durable._codec import dump_record, dump_value
 from durable._errors import CorruptRecordError
-from durable._history import COMPLETED, PENDING, History
+from durable._history import COMPLETED, PENDING, Entry, History
 from durable._keys import encode_int
 from durable._layout import WorkflowKeys
 
@@ -98,3 +98,25 @@ async def test_metadata_outliving_its_entry_is_ignored() -> None:
     history = await History.load(driver, "wf")
     assert list(history.entries) == [encode_int(0)]
     assert history.entries[encode_int(0)].status == PENDING
+
+
+async def test_the_replay_index_lists_loaded_entries_only() -> None:
+    driver = await store((KEYS.name + encode_int(0), b"a"), *step(0, 0, 10))
+    history = await History.load(driver, "wf")
+    added = Entry(encode_int(1), "step", 1, 1)
+    history.entries[added.location] = added  # what Scope.begin does for a new call
+    assert list(history.by_seq.values()) == [history.entries[encode_int(0)]]
+    assert history.scope_sizes == {b"": 1}
+
+
+async def test_forget_drops_entries_from_the_replay_index() -> None:
+    driver = await store(
+        (KEYS.name + encode_int(0), b"a"),
+        (KEYS.name + encode_int(1), b"b"),
+        *step(0, 0, 10),
+        *step(1, 1, 11),
+    )
+    history = await History.load(driver, "wf")
+    history.forget(encode_int(1), encode_int(2))
+    assert list(history.entries) == [encode_int(0)]
+    assert list(history.by_seq) == [(b"", 0)]

@@ -79,7 +79,18 @@ class Scope:
         index, location, new_name = self._locate(name)
         seq = self._counter
         self._counter = seq + 1
-        if history.by_seq:  # replaying: the k-th call must match the k-th entry
+        if history.loaded:  # replaying: the k-th call must match the k-th entry
+            recorded = history.entries.get(location)
+            # W2: the entry this call names is usually the k-th of this scope (same
+            # seq; same name, so same scope) and of the same kind: a match without
+            # the (scope, seq) index, which is built only for anything else
+            if (
+                recorded is not None
+                and recorded.seq == seq
+                and recorded.name_index == index
+                and recorded.kind == kind
+            ):
+                return recorded, False
             recorded = history.by_seq.get((self.location, seq))
             if recorded is not None:
                 if recorded.location != location or (
