@@ -253,7 +253,7 @@ class WorkflowContext:
             rollback,
         )
         if run is None:
-            return _steps.Replayed(entry)  # W2: nothing in progress, no coroutine
+            return _steps.replayed(entry)  # W2: nothing in progress, one coroutine
         return self._scope.track(("step", name), run)
 
     def _begin_step(
@@ -343,7 +343,7 @@ class WorkflowContext:
             ephemeral,
             rollback,
         )
-        step = _steps.Replayed(entry) if run is None else run
+        step = _steps.replayed(entry) if run is None else run
         return self._scope.track(
             ("step", name), _tries.try_step(entry, name, step, frozenset(catch))
         )
