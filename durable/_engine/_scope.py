@@ -76,7 +76,11 @@ class Scope:
             self._check_call(name, kind)  # raises what fits
         history = run.history
         names.add(name)
-        index, location, new_name = self._locate(name)
+        index = history.name_index.get(name)  # W2: inline, a known name is the rule
+        new_name = index is None
+        if index is None:
+            index = self._intern(name)
+        location = self.location + encode_int(index)
         seq = self._counter
         self._counter = seq + 1
         if history.loaded:  # replaying: the k-th call must match the k-th entry
@@ -117,7 +121,10 @@ class Scope:
         self._check_call(name, kind)
         self._names.add(name)
         history = self.run.history
-        index, location, _ = self._locate(name)
+        index = history.name_index.get(name)
+        if index is None:
+            index = self._intern(name)
+        location = self.location + encode_int(index)
         recorded = history.entries.get(location)
         if recorded is not None:
             if recorded.kind != kind and not (
@@ -131,20 +138,12 @@ class Scope:
         history.entries[location] = entry
         return entry, True
 
-    def _locate(self, name: str) -> tuple[int, bytes, bool]:
-        """Intern *name* (a new name's key rides with the next write).
-
-        Returns its index, the location of the entry it names in this scope, and
-        whether the name is new to the workflow.
-        """
+    def _intern(self, name: str) -> int:
+        """Intern *name*, new to the workflow; its key rides with the next write."""
         history = self.run.history
-        index = history.name_index.get(name)
-        if index is not None:
-            return index, self.location + encode_int(index), False
         index, _ = history.intern(name)
-        index_bytes = encode_int(index)
-        self.run.pending.put(history.keys.name + index_bytes, name.encode())
-        return index, self.location + index_bytes, True
+        self.run.pending.put(history.keys.name + encode_int(index), name.encode())
+        return index
 
     def has_unvisited(self) -> bool:
         """Whether the history holds entries of this scope that this run has not reached."""
