@@ -21,14 +21,17 @@ from ._errors import (
     StorageError,
     StoreLockedError,
     UnknownWorkflowError,
+    UnregisteredWorkflowError,
     UnstorableValueError,
     WorkflowBusyError,
     WorkflowCancelledError,
     WorkflowError,
     WorkflowFailedError,
     WorkflowFinishedError,
+    WorkflowNameMismatchError,
 )
-from ._handle import WorkflowHandle, replay_from_step, run_workflow
+from ._handle import WorkflowHandle, list_workflows, replay_from_step, run_workflow
+from ._inspect import HistoryNode, WorkflowInfo, WorkflowPage, WorkflowSummary
 from ._types import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
     DEFAULT_LOOP_HISTORY_EVERY,
@@ -50,8 +53,11 @@ from ._types import (
     WorkflowState,
 )
 from ._version import __version__
+from ._worker import DEFAULT_CONCURRENCY, Worker
+from ._workflow import Workflow, workflow
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
     "DEFAULT_LOOP_COMMIT_INTERVAL",
     "DEFAULT_LOOP_HISTORY_EVERY",
     "DEFAULT_LOOP_HISTORY_KEEP",
@@ -69,6 +75,7 @@ __all__ = [
     "EntryInProgressError",
     "EvictedError",
     "HistoryDivergedError",
+    "HistoryNode",
     "JoinError",
     "LevelDBDriver",
     "Loop",
@@ -92,7 +99,10 @@ __all__ = [
     "TryStepFailure",
     "TryStepResult",
     "UnknownWorkflowError",
+    "UnregisteredWorkflowError",
     "UnstorableValueError",
+    "Worker",
+    "Workflow",
     "WorkflowBusyError",
     "WorkflowCancelledError",
     "WorkflowContext",
@@ -101,12 +111,18 @@ __all__ = [
     "WorkflowFailedError",
     "WorkflowFinishedError",
     "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNameMismatchError",
+    "WorkflowPage",
     "WorkflowQueue",
     "WorkflowResult",
     "WorkflowState",
+    "WorkflowSummary",
     "__version__",
+    "list_workflows",
     "replay_from_step",
     "run_workflow",
+    "workflow",
 ]
 
 

@@ -9,7 +9,7 @@ shares one default `LevelDBDriver`, opened while any of them needs it.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Self, final
+from typing import TYPE_CHECKING, Protocol, Self, final
 
 import anyio
 
@@ -17,14 +17,24 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._codec import dump_value, load_value
 from ._drivers import Batch, Driver, LevelDBDriver
 from ._engine._queue import put_message
-from ._engine._run import ErrorHook, Mode, Run, WorkflowFn, active_run
+from ._engine._run import UNKNOWN_ERROR, ErrorHook, Mode, Run, WorkflowFn, active_run
 from ._errors import (
     UnknownWorkflowError,
     WorkflowBusyError,
     WorkflowCancelledError,
+    WorkflowFailedError,
     WorkflowFinishedError,
 )
 from ._history import FAILED, RETRYING, History, WorkflowMeta
+from ._inspect import (
+    DEFAULT_PAGE_SIZE,
+    HistoryNode,
+    WorkflowInfo,
+    WorkflowPage,
+    get_history,
+    get_info,
+    list_page,
+)
 from ._layout import WorkflowKeys
 from ._replay_from import StepPath, replay_from
 from ._types import WorkflowResult, WorkflowState
@@ -120,21 +130,63 @@ async def replay_from_step(
         await replay_from(default, workflow_id, step, SYSTEM_CLOCK)
 
 
+class _Owner(Protocol):
+    """What runs a handle's workflow when the handle does not (a `Worker`)."""
+
+    def unpark(self, workflow_id: str) -> None:
+        """Let the owner try the workflow again."""
+
+
+async def list_workflows(
+    *,
+    driver: Driver | None = None,
+    state: WorkflowState | str | None = None,
+    name: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> WorkflowPage:
+    """List stored workflows, by state then id; optionally only *state* or *name*.
+
+    Returns at most *limit* (1 to 1000) summaries and a ``cursor`` for the next
+    page (``None`` on the last one). Each page costs O(*limit*) reads, however
+    many workflows the store holds.
+
+    Raises:
+        ValueError: an unknown state, a bad limit, or a cursor of another listing.
+    """
+    if driver is not None:
+        return await list_page(
+            driver, state=state, name=name, limit=limit, cursor=cursor
+        )
+    async with _DEFAULT_DRIVER.use() as default:
+        return await list_page(
+            default, state=state, name=name, limit=limit, cursor=cursor
+        )
+
+
 @final
 class WorkflowHandle:
-    """Runs and steers one workflow; made by `run_workflow`."""
+    """Runs (or, from a `Worker`, follows) and steers one workflow.
+
+    Made by `run_workflow`, which runs the workflow in ``result()`` or ``async
+    with``, or by `Worker.start`/`Worker.handle`, whose worker runs it: then
+    ``result()`` waits for the workflow to finish.
+    """
 
     def __init__(
         self,
         workflow_id: str,
-        fn: WorkflowFn,
+        fn: WorkflowFn | None,
         input: object,
         driver: Driver | None,
         mode: Mode,
         on_error: ErrorHook | None,
         clock: Clock,
+        *,
+        owner: _Owner | None = None,
     ) -> None:
         self.workflow_id = workflow_id
+        self._owner = owner
         self._fn = fn
         self._input = input
         self._driver = driver
@@ -155,6 +207,8 @@ class WorkflowHandle:
                 yield driver
 
     async def _run_once(self) -> WorkflowResult:
+        if self._fn is None:
+            raise RuntimeError("a worker's handle does not run its workflow")
         async with self._open_driver() as driver:
             run = Run(
                 self.workflow_id,
@@ -183,7 +237,10 @@ class WorkflowHandle:
             EvictedError: the run was evicted before it finished.
             HistoryDivergedError: the code no longer matches the recorded history.
             EntryInProgressError: the workflow code missed an ``await``.
+            UnknownWorkflowError: (a worker's handle) the store holds no such workflow.
         """
+        if self._owner is not None:
+            return await self._wait_until_finished()
         if self._background_done is None:
             return await self._run_once()
         await self._background_done.wait()
@@ -192,6 +249,26 @@ class WorkflowHandle:
         if self._outcome is None:
             raise RuntimeError("the background run ended without an outcome")
         return self._outcome
+
+    async def _wait_until_finished(self) -> WorkflowResult:
+        """A worker's handle: wait for a final state (every run notifies on one)."""
+        async with self._open_driver() as driver:
+            keys = WorkflowKeys(self.workflow_id)
+            with driver.subscribe(self.workflow_id) as subscription:
+                while True:
+                    meta = await self._load_meta(driver)
+                    if meta.state == WorkflowState.COMPLETED:
+                        output = None
+                        if meta.output is not None:
+                            output = load_value(meta.output, keys.meta)
+                        return WorkflowResult(WorkflowState.COMPLETED, output)
+                    if meta.state == WorkflowState.FAILED:
+                        raise WorkflowFailedError(
+                            self.workflow_id, meta.error or UNKNOWN_ERROR
+                        )
+                    if meta.state == WorkflowState.CANCELLED:
+                        raise WorkflowCancelledError(self.workflow_id)
+                    await subscription.wait()
 
     async def _background(self) -> None:
         if self._background_done is None:
@@ -204,6 +281,10 @@ class WorkflowHandle:
             self._background_done.set()
 
     async def __aenter__(self) -> Self:
+        if self._owner is not None:
+            raise RuntimeError(
+                "a worker runs this workflow; await handle.result() to wait for it"
+            )
         if self._task_group is not None:
             raise RuntimeError("this handle's `async with` block is already open")
         self._background_done = anyio.Event()
@@ -300,6 +381,8 @@ class WorkflowHandle:
             run = self._active(driver)
             if run is not None:
                 run.wake()
+        if self._owner is not None:
+            self._owner.unpark(self.workflow_id)
 
     async def recover(self) -> None:
         """Reset a failed workflow's failed steps and error and schedule it to run again.
@@ -336,6 +419,8 @@ class WorkflowHandle:
             batch.set_alarm(self.workflow_id, now)
             batch.notify(self.workflow_id)
             await driver.write(batch)
+        if self._owner is not None:
+            self._owner.unpark(self.workflow_id)
 
     async def replay_from(self, step: StepPath) -> None:
         """Delete the history from *step* on and schedule the workflow to run again.
@@ -352,6 +437,8 @@ class WorkflowHandle:
             if self._active(driver) is not None:
                 raise WorkflowBusyError(self.workflow_id)
             await replay_from(driver, self.workflow_id, step, self._clock)
+        if self._owner is not None:
+            self._owner.unpark(self.workflow_id)
 
     async def cancel(self) -> None:
         """Cancel the workflow for good: state ``cancelled``, alarm cleared.
@@ -370,7 +457,10 @@ class WorkflowHandle:
             now = self._clock.now()
             if raw is None:
                 meta = WorkflowMeta(
-                    WorkflowState.CANCELLED, created_at=now, updated_at=now
+                    WorkflowState.CANCELLED,
+                    created_at=now,
+                    updated_at=now,
+                    name=workflow_name(self._fn),
                 )
             else:
                 meta = WorkflowMeta.from_bytes(raw, keys.meta)
@@ -400,6 +490,24 @@ class WorkflowHandle:
                 return (await self._load_meta(driver)).state
             except UnknownWorkflowError:
                 return WorkflowState.PENDING
+
+    async def get_info(self) -> WorkflowInfo:
+        """Read the workflow's name, state, input, output, error and next alarm.
+
+        Raises:
+            UnknownWorkflowError: the store holds no such workflow.
+        """
+        async with self._open_driver() as driver:
+            return await get_info(driver, self.workflow_id)
+
+    async def get_history(self) -> tuple[HistoryNode, ...]:
+        """Read the recorded history as a tree of `HistoryNode`, in call order.
+
+        Raises:
+            UnknownWorkflowError: the store holds no such workflow.
+        """
+        async with self._open_driver() as driver:
+            return await get_history(driver, self.workflow_id)
 
     async def get_output(self) -> object:
         """Read the output of a completed workflow from the store (else ``None``)."""

@@ -184,9 +184,7 @@ class Run:
                     WorkflowState.COMPLETED, self._decode_output(meta)
                 )
             if meta.state == WorkflowState.FAILED:
-                raise WorkflowFailedError(
-                    self.workflow_id, meta.error or _UNKNOWN_ERROR
-                )
+                raise WorkflowFailedError(self.workflow_id, meta.error or UNKNOWN_ERROR)
             # a rollback that did not finish: replay to find the handlers, then go on
             self.rolling_back = meta.state == WorkflowState.ROLLING_BACK
             input_value = (
@@ -257,7 +255,7 @@ class Run:
         """
         meta = self._require_meta()
         if exc is None or (self.rolling_back and meta.error is not None):
-            error = meta.error or _UNKNOWN_ERROR
+            error = meta.error or UNKNOWN_ERROR
             first_report = False
         else:
             error = describe_exception(exc)
@@ -559,4 +557,4 @@ def merge_waits(
     )
 
 
-_UNKNOWN_ERROR = WorkflowError("Error", "the workflow failed with an unrecorded error")
+UNKNOWN_ERROR = WorkflowError("Error", "the workflow failed with an unrecorded error")
