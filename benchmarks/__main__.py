@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import sys
 import tempfile
@@ -319,6 +320,9 @@ async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="durable-bench-") as tmp:
         bench = Bench(Path(tmp), args.driver, args.n, sync=args.sync)
         for name in names:
+            # start every workload with no garbage and no young objects left by the
+            # imports or the workloads before it: collecting them is not its cost
+            gc.collect()
             figures = await WORKLOADS[name](bench)
             seconds = figures["seconds"]
             per_sec = figures.pop("per_sec_override", None) or figures["n"] / seconds
