@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import TYPE_CHECKING
 
 import anyio
@@ -179,14 +180,16 @@ class TestStart:
 
 
 class TestScheduling:
-    async def test_sleepers_wake_in_deadline_order(self) -> None:
+    @pytest.mark.parametrize("sleepers", [7, 500])
+    async def test_sleepers_wake_in_deadline_order(self, sleepers: int) -> None:
         calls, log = Calls(), []
         sleeper = make_sleeper(calls, log)
-        seconds = [50.0, 10.0, 30.0, 20.0, 40.0, 5.0, 3600.0 * 24]
+        rng = random.Random(sleepers)
+        seconds = [rng.uniform(1.0, 30 * 86400.0) for _ in range(sleepers)]
         async with (
             TestClock(autojump=True) as clock,
             durable.MemoryDriver() as driver,
-            durable.Worker(driver, [sleeper], clock=clock) as worker,
+            durable.Worker(driver, [sleeper], clock=clock, concurrency=50) as worker,
         ):
             handles = [
                 await worker.start("sleeper", f"s-{i}", s)
@@ -197,7 +200,7 @@ class TestScheduling:
                     await handle.result()
         by_deadline = sorted(range(len(seconds)), key=lambda i: seconds[i])
         assert log == [f"s-{i}" for i in by_deadline]
-        assert calls.counts == {"before": len(seconds), "after": len(seconds)}
+        assert calls.counts == {"before": sleepers, "after": sleepers}
 
     async def test_a_message_wakes_a_workflow_that_left_memory(self) -> None:
         async with (
