@@ -1,5 +1,8 @@
 """Durable async workflows that replay from a sorted key-value history."""
 
+import importlib
+import typing
+
 from ._clock import Clock, SystemClock
 from ._drivers import Alarm, Batch, Driver, LevelDBDriver, MemoryDriver, Subscription
 from ._engine._context import WorkflowContext, WorkflowQueue
@@ -56,6 +59,9 @@ from ._version import __version__
 from ._worker import DEFAULT_CONCURRENCY, Worker
 from ._workflow import Workflow, workflow
 
+if typing.TYPE_CHECKING:
+    from ._drivers._postgres import PostgresDriver
+
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_LOOP_COMMIT_INTERVAL",
@@ -80,6 +86,7 @@ __all__ = [
     "LevelDBDriver",
     "Loop",
     "MemoryDriver",
+    "PostgresDriver",
     "RaceError",
     "RaceResult",
     "ReplayTargetError",
@@ -126,9 +133,38 @@ __all__ = [
 ]
 
 
+# Names whose module needs an optional extra: imported on first access (see __getattr__).
+_LAZY = {"PostgresDriver": ("._drivers._postgres", "postgres")}
+
+
+def __getattr__(name: str) -> object:
+    """Import names that need an optional extra on first use, not with durable."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, extra = _LAZY[name]
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"durable.{name} needs the optional dependencies of durable[{extra}] "
+            f"({exc.name} is missing); install them with "
+            f"pip install 'durable[{extra}]'"
+        ) from exc
+    obj = getattr(module, name)
+    obj.__module__ = __name__
+    globals()[name] = obj  # later lookups skip __getattr__
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 def _rehome() -> None:
     """Make tracebacks and reprs say durable.X, not durable._errors.X."""
     for name in __all__:
+        if name in _LAZY:
+            continue  # renamed when first imported
         obj = globals()[name]
         if getattr(obj, "__module__", "").startswith("durable."):
             obj.__module__ = __name__
