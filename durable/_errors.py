@@ -180,8 +180,8 @@ class UnknownWorkflowError(DurableError, LookupError):
 
     def __init__(self, workflow_id: str) -> None:
         super().__init__(
-            f"no workflow {workflow_id!r} in this store; start it with run_workflow() "
-            "first or check the id and the driver"
+            f"no workflow {workflow_id!r} in this store; check the id and the store "
+            "(driver or path), or start the workflow first"
         )
         self.workflow_id = workflow_id
 
