@@ -10,7 +10,7 @@ moving the function keeps stored workflows runnable as long as the name stays.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast, overload
 
 import attrs
 
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
     from ._engine._context import WorkflowContext
     from ._engine._run import WorkflowFn
+
+InputT = TypeVar("InputT")
+# what @workflow accepts: any input type, so `async def f(ctx, order: Order)` type-checks
+AnyWorkflowFn: TypeAlias = "Callable[[WorkflowContext, InputT], Awaitable[object]]"
 
 
 @attrs.frozen
@@ -37,12 +41,14 @@ class Workflow:
 
 
 @overload
-def workflow(fn: WorkflowFn, /) -> Workflow: ...
+def workflow(fn: AnyWorkflowFn[InputT], /) -> Workflow: ...
 @overload
-def workflow(*, name: str | None = None) -> Callable[[WorkflowFn], Workflow]: ...
 def workflow(
-    fn: WorkflowFn | None = None, /, *, name: str | None = None
-) -> Workflow | Callable[[WorkflowFn], Workflow]:
+    *, name: str | None = None
+) -> Callable[[AnyWorkflowFn[InputT]], Workflow]: ...
+def workflow(
+    fn: AnyWorkflowFn[InputT] | None = None, /, *, name: str | None = None
+) -> Workflow | Callable[[AnyWorkflowFn[InputT]], Workflow]:
     """Name a workflow function (``@durable.workflow`` or ``@durable.workflow(name=...)``).
 
     The name defaults to the function's ``__name__``. Choose it once: stored
@@ -53,13 +59,14 @@ def workflow(
         async def order(ctx: durable.WorkflowContext, order_id: str) -> str: ...
     """
 
-    def wrap(fn: WorkflowFn) -> Workflow:
+    def wrap(fn: AnyWorkflowFn[InputT]) -> Workflow:
         if not callable(fn):
             raise TypeError("@workflow decorates an async function taking (ctx, input)")
         chosen = name if name is not None else getattr(fn, "__name__", None)
         if not isinstance(chosen, str) or not chosen:
             raise ValueError(f"a workflow name must be a non-empty str, not {chosen!r}")
-        return Workflow(chosen, fn)
+        # the stored input is whatever the caller passed; the function declares it
+        return Workflow(chosen, cast("WorkflowFn", fn))
 
     if fn is not None:
         return wrap(fn)

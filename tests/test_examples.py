@@ -47,3 +47,21 @@ def test_saga_example_cancels_the_hotel_then_the_flight(tmp_path: Path) -> None:
         "cancelling flight (flight-confirmation)",
     ]
     assert "state: failed" in done.stdout
+
+
+def test_order_service_example_ships_after_the_payment_webhook(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "order_service.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = done.stdout
+    assert done.returncode == 0, f"{output}\n{done.stderr}"
+    assert "POST /workflows -> 201" in output
+    assert "waiting for the payment webhook" in output
+    assert "POST /workflows/order-7/messages -> 202" in output
+    assert '"tracking": "TRACK-order-7"' in output
+    assert "serving HTTP on http://127.0.0.1:" in done.stderr
