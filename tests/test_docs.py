@@ -1,4 +1,4 @@
-"""The docs: every Python block in docs/ and README.md runs, and every link resolves."""
+"""The docs: every Python block runs, every link resolves, every CLI command is documented."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from durable._cli import build_parser
+
+if TYPE_CHECKING:
+    import argparse
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(
@@ -101,3 +107,53 @@ def test_relative_links_resolve(page: Path) -> None:
         if not linked.exists() or missing_anchor:
             broken.append(target)
     assert not broken, f"{_relative(page)} has broken links: {broken}"
+
+
+CLI_DOC = ROOT / "docs" / "cli.md"
+
+
+def _cli_commands() -> dict[str, argparse.ArgumentParser]:
+    """The subcommands of ``durable``, by name, from its argparse parser."""
+    for action in build_parser()._actions:
+        if isinstance(action.choices, dict):
+            return dict(action.choices)
+    return {}
+
+
+def _long_options(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        option
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    }
+
+
+CLI_COMMANDS = _cli_commands()
+# options every command but `worker` takes: docs/cli.md explains them once
+SHARED_OPTIONS = set.intersection(
+    *(_long_options(sub) for name, sub in CLI_COMMANDS.items() if name != "worker")
+)
+
+
+@pytest.mark.parametrize("command", sorted(CLI_COMMANDS))
+def test_every_cli_command_and_option_is_documented(command: str) -> None:
+    text = FENCE.sub("", CLI_DOC.read_text(encoding="utf-8"))
+    heading = re.search(rf"^### `durable {re.escape(command)}`$", text, re.MULTILINE)
+    assert heading, f"docs/cli.md has no '### `durable {command}`' heading"
+    following = re.search(r"^#{1,3} ", text[heading.end() :], re.MULTILINE)
+    section = (
+        text[heading.end() : heading.end() + following.start()]
+        if following
+        else text[heading.end() :]
+    )
+    own = _long_options(CLI_COMMANDS[command]) - SHARED_OPTIONS
+    missing = sorted(option for option in own if f"`{option}" not in section)
+    assert not missing, f"docs/cli.md: `durable {command}` leaves out {missing}"
+
+
+def test_the_options_every_command_takes_are_documented() -> None:
+    text = CLI_DOC.read_text(encoding="utf-8")
+    missing = sorted(option for option in SHARED_OPTIONS if f"`{option}" not in text)
+    assert SHARED_OPTIONS, "no options are shared by the client commands"
+    assert not missing, f"docs/cli.md leaves out {missing}"
