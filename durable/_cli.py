@@ -61,7 +61,7 @@ class ExitCode(enum.IntEnum):
     """What the exit status of ``durable`` means (docs/cli.md has the table)."""
 
     OK = 0
-    FAILED = 1  # result: the workflow failed or was cancelled; a worker that crashed
+    FAILED = 1  # result: the workflow failed or was cancelled
     USAGE = 2  # bad arguments, invalid JSON, an app that cannot be imported
     NOT_FOUND = 3  # no such workflow id, no workflow registered under the name
     REFUSED = 4  # finished, cancelled, busy, id taken by another name, replay refused
