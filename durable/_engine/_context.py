@@ -345,7 +345,7 @@ class WorkflowContext:
         )
         step = _steps.replayed(entry) if run is None else run
         return self._scope.track(
-            ("step", name), _tries.try_step(entry, name, step, frozenset(catch))
+            ("step", name), _tries.try_step(entry, name, step, frozenset(catch)), step
         )
 
     def try_block(

@@ -43,12 +43,14 @@ class Scope:
         self.location = location
         self._counter = 0
         self._names: set[str] = set()
-        # (description, the call's coroutine, the wrapper handed to the workflow)
+        # (description, the call's coroutine, the wrapper handed to the workflow, a
+        # coroutine the call was handed to await, such as a try_step's step)
         self._pending: (
             tuple[
                 str | tuple[str, str],
                 Coroutine[Any, Any, Any],
                 Coroutine[Any, Any, Any],
+                Coroutine[Any, Any, Any] | None,
             ]
             | None
         ) = None
@@ -169,11 +171,18 @@ class Scope:
             )
 
     def track(
-        self, description: str | tuple[str, str], coro: Coroutine[Any, Any, T]
+        self,
+        description: str | tuple[str, str],
+        coro: Coroutine[Any, Any, T],
+        inner: Coroutine[Any, Any, Any] | None = None,
     ) -> Coroutine[Any, Any, T]:
-        """Mark *coro* as this scope's call in progress until it finishes."""
+        """Mark *coro* as this scope's call in progress until it finishes.
+
+        *inner* is a coroutine *coro* was handed to await, closed with it if the
+        call is never awaited.
+        """
         wrapper = self._settle(coro)
-        self._pending = (description, coro, wrapper)
+        self._pending = (description, coro, wrapper, inner)
         return wrapper
 
     async def _settle(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -201,10 +210,13 @@ class Scope:
     def abandon(self) -> None:
         """Close a never-awaited call so Python does not warn about it."""
         if self._pending is not None:
-            # both: the workflow holds the wrapper, and the wrapper never started
-            # the call, so either one left unclosed warns "never awaited"
+            # all: the workflow holds the wrapper, and the wrapper never started
+            # the call (nor the call its inner one), so any left unclosed warns
+            # "never awaited"
             for coro in self._pending[1:]:
-                if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                if coro is not None and (
+                    inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+                ):
                     coro.close()
             self._pending = None
 
