@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(command=lambda args: _client(args, run), action=name)
         if takes_id:
-            sub.add_argument("workflow_id", metavar="ID")
+            sub.add_argument("workflow_id", metavar="ID", help="the workflow's id")
         return sub
 
     listing = add("list", "list workflows, by state then id", _list, takes_id=False)
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         takes_id=False,
     )
     start.add_argument("name", metavar="NAME", help="the registered workflow name")
-    start.add_argument("workflow_id", metavar="ID")
+    start.add_argument("workflow_id", metavar="ID", help="the new workflow's id")
     start.add_argument("input", metavar="JSON", help=_JSON_HELP)
     start.add_argument(
         "--app",
