@@ -466,8 +466,7 @@ class WorkflowHandle:
                 meta = WorkflowMeta.from_bytes(raw, keys.meta)
                 if meta.state in (WorkflowState.COMPLETED, WorkflowState.CANCELLED):
                     return
-                meta.state = WorkflowState.CANCELLED
-                meta.updated_at = now
+                meta.cancel(now)
             batch = Batch()
             meta.write(batch, keys)
             batch.clear_alarm(self.workflow_id)

@@ -166,6 +166,13 @@ class WorkflowMeta:
     # (state, name) as the listing index holds them; None: not indexed yet
     indexed: tuple[str, str | None] | None = attrs.field(default=None, eq=False)
 
+    def cancel(self, now: float) -> None:
+        """Mark the workflow cancelled for good: it waits for nothing any more."""
+        self.state = WorkflowState.CANCELLED
+        self.updated_at = now
+        self.sleep_until = None
+        self.waiting_for = None
+
     def write(self, batch: Batch, keys: WorkflowKeys) -> None:
         """Queue this record, moving its listing-index keys if state or name changed."""
         batch.put(keys.meta, self.to_bytes())

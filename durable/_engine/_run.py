@@ -405,8 +405,7 @@ class Run:
             meta = self._meta
             batch = Batch()
             if meta is not None:
-                meta.state = WorkflowState.CANCELLED
-                meta.updated_at = self.clock.now()
+                meta.cancel(self.clock.now())
                 meta.write(batch, self.history.keys)
                 batch.clear_alarm(self.workflow_id)
                 batch.notify(self.workflow_id)

@@ -259,3 +259,34 @@ class TestHistoryTree:
         assert (charge.status, charge.failure) == ("failed", "critical")
         assert charge.error is not None
         assert charge.error.message == "card declined"
+
+
+async def test_a_cancelled_workflow_no_longer_shows_what_it_waited_for() -> None:
+    async with durable.MemoryDriver() as driver:
+        handle = durable.run_workflow("n-0", napper, None, driver=driver, mode="yield")
+        assert (await handle.result()).sleep_until is not None
+        await handle.cancel()
+        info = await handle.get_info()
+        assert (info.state, info.sleep_until, info.waiting_for) == (
+            "cancelled",
+            None,
+            None,
+        )
+        [summary] = (await durable.list_workflows(driver=driver)).workflows
+        assert summary.sleep_until is None
+
+
+async def test_a_workflow_cancelled_while_it_runs_shows_no_wait() -> None:
+    @durable.workflow(name="waits")
+    async def waits(ctx: durable.WorkflowContext, _: object) -> None:
+        await ctx.queue.next("wait", names=["never"])
+
+    async with durable.MemoryDriver() as driver:
+        handle = durable.run_workflow("w-0", waits, None, driver=driver)
+        async with handle:
+            with anyio.fail_after(SAFETY):
+                while await handle.get_state() != "sleeping":
+                    await anyio.wait_all_tasks_blocked()
+            await handle.cancel()
+        info = await handle.get_info()
+        assert (info.state, info.waiting_for) == ("cancelled", None)
