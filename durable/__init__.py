@@ -32,6 +32,7 @@ from ._errors import (
     WorkflowFailedError,
     WorkflowFinishedError,
     WorkflowNameMismatchError,
+    WriteConflictError,
 )
 from ._handle import WorkflowHandle, list_workflows, replay_from_step, run_workflow
 from ._inspect import HistoryNode, WorkflowInfo, WorkflowPage, WorkflowSummary
@@ -125,6 +126,7 @@ __all__ = [
     "WorkflowResult",
     "WorkflowState",
     "WorkflowSummary",
+    "WriteConflictError",
     "__version__",
     "list_workflows",
     "replay_from_step",

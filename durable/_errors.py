@@ -15,7 +15,8 @@ DurableError(Exception)
 ├── UnregisteredWorkflowError(DurableError, LookupError) (.name .registered)
 ├── ReplayTargetError(DurableError, LookupError) (.workflow_id .target)
 ├── UnstorableValueError(DurableError, TypeError) (.what .value_type)
-└── StorageError ── StoreLockedError (.path), CorruptRecordError (.key)
+└── StorageError ── StoreLockedError (.path), CorruptRecordError (.key),
+                   WriteConflictError (.key)
 ```
 
 Rule: this module imports nothing from `durable` but `_types`. Every message is built
@@ -279,6 +280,23 @@ class StoreLockedError(StorageError):
             "different path"
         )
         self.path = path
+
+
+class WriteConflictError(StorageError):
+    """A batch's check failed: a key no longer held what its writer expected.
+
+    Nothing of the batch was written. The engine checks a workflow's lease with
+    it, so a worker that lost a workflow to another worker (after a pause, a
+    partition, or a lease that ran out) can never write into its history again.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        super().__init__(
+            f"write refused: key {key!r} no longer holds the value this writer "
+            "expected, so another process changed it (for a workflow: another worker "
+            "took it over). Nothing was written; re-read the store before writing again"
+        )
+        self.key = key
 
 
 class CorruptRecordError(StorageError):

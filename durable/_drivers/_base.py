@@ -10,6 +10,9 @@ no codec, no clock. What it must guarantee (``durable.testing.check_driver`` che
   same atomic write as the history that explains them;
 * a ``notify`` op wakes every `Subscription` of that workflow id taken out before the
   write committed (a wake-up is never lost between a check and a wait);
+* a batch with ``check`` ops is applied only if every checked key holds the expected
+  value before the batch (else `WriteConflictError`, nothing applied): the fencing
+  that keeps a worker that lost a workflow's lease from writing into its history;
 * a batch that sets an alarm wakes every alarm subscription (``subscribe_alarms``)
   taken out before it committed, so a worker sleeping until its next alarm learns
   of an earlier one without polling.
@@ -27,6 +30,7 @@ import anyio
 import attrs
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
 DEFAULT_POLL_INTERVAL: Final = 1.0
@@ -41,6 +45,7 @@ DELETE_RANGE: Final = 2
 SET_ALARM: Final = 3
 CLEAR_ALARM: Final = 4
 NOTIFY: Final = 5
+CHECK: Final = 6
 
 
 @attrs.frozen
@@ -62,6 +67,7 @@ class Batch:
     ops: list[tuple[int, Any, Any]] = attrs.field(factory=list)
     has_notify: bool = False  # lets drivers skip scanning for NOTIFY ops (W1)
     sets_alarm: bool = False  # wakes alarm subscribers once committed
+    has_check: bool = False  # lets drivers skip scanning for CHECK ops (W1)
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -94,6 +100,11 @@ class Batch:
         """Remove the workflow's alarm if it has one."""
         self.ops.append((CLEAR_ALARM, workflow_id, None))
 
+    def check(self, key: bytes, value: bytes | None) -> None:
+        """Apply the batch only if *key* holds *value* before it (None: absent)."""
+        self.ops.append((CHECK, key, value))
+        self.has_check = True
+
     def notify(self, workflow_id: str) -> None:
         """Wake the workflow's subscribers once this batch has committed."""
         self.ops.append((NOTIFY, workflow_id, None))
@@ -104,6 +115,7 @@ class Batch:
         self.ops.extend(other.ops)
         self.has_notify = self.has_notify or other.has_notify
         self.sets_alarm = self.sets_alarm or other.sets_alarm
+        self.has_check = self.has_check or other.has_check
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -112,6 +124,15 @@ def prefix_end(prefix: bytes) -> bytes:
     if not stripped:
         return RESERVED_PREFIX  # everything the engine may use sorts below it
     return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+def failed_check(batch: Batch, read: Callable[[bytes], bytes | None]) -> bytes | None:
+    """The first key of *batch*'s checks whose current value (by *read*) differs."""
+    if batch.has_check:
+        for code, key, value in batch.ops:
+            if code == CHECK and read(key) != value:
+                return key  # type: ignore[no-any-return]
+    return None
 
 
 def check_limit(limit: int | None) -> None:
@@ -254,6 +275,25 @@ class Driver(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release the store; the driver cannot be used afterwards."""
+
+    async def claim_alarms(
+        self, *, until: float, limit: int, lease_until: float
+    ) -> list[Alarm]:
+        """Take up to *limit* alarms due by *until*, moving each to *lease_until*.
+
+        Returns the claimed alarms with their previous times, earliest first. A
+        driver shared between processes must make this atomic, so that two
+        claimers never take the same alarm (PostgreSQL: ``FOR UPDATE SKIP
+        LOCKED``); this default, for single-process stores, lists then moves.
+        """
+        check_limit(limit)
+        due = await self.list_alarms(until=until, limit=limit)
+        if due:
+            batch = Batch()
+            for alarm in due:
+                batch.set_alarm(alarm.workflow_id, lease_until)
+            await self.write(batch)
+        return due
 
     async def list_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Return every ``(key, value)`` whose key starts with *prefix*, in key order."""

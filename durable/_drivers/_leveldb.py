@@ -17,8 +17,14 @@ from typing import Any, Final
 
 import plyvel
 
-from .._errors import CorruptRecordError, StorageError, StoreLockedError
+from .._errors import (
+    CorruptRecordError,
+    StorageError,
+    StoreLockedError,
+    WriteConflictError,
+)
 from ._base import (
+    CHECK,
     CLEAR_ALARM,
     DEFAULT_POLL_INTERVAL,
     DELETE,
@@ -32,6 +38,7 @@ from ._base import (
     LocalNotifier,
     Subscription,
     check_limit,
+    failed_check,
 )
 
 STORE_ENV_VAR: Final = "DURABLE_STORE"
@@ -141,6 +148,9 @@ class LevelDBDriver(Driver):
         if db.closed:
             raise StorageError(f"the LevelDB store at {self.path} is closed")
         ops = batch.ops
+        conflict = failed_check(batch, db.get)  # no await before the write: atomic
+        if conflict is not None:
+            raise WriteConflictError(conflict)
         wb = db.write_batch(sync=self.sync)
         for code, key, value in ops:
             # W1 hot path: plain puts and deletes need no bookkeeping
@@ -148,7 +158,7 @@ class LevelDBDriver(Driver):
                 wb.put(key, value)
             elif code == DELETE:
                 wb.delete(key)
-            else:
+            elif code != CHECK:  # checks were done above
                 wb.clear()
                 self._fill(db, wb, ops)
                 break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 
-from .._errors import StorageError
+from .._errors import StorageError, WriteConflictError
 from ._base import (
     CLEAR_ALARM,
     DEFAULT_POLL_INTERVAL,
@@ -23,6 +23,7 @@ from ._base import (
     LocalNotifier,
     Subscription,
     check_limit,
+    failed_check,
 )
 
 
@@ -77,6 +78,9 @@ class MemoryDriver(Driver):
         """Apply *batch* in order; memory writes cannot fail halfway."""
         self._check_open()
         data, keys = self._data, self._keys
+        conflict = failed_check(batch, data.get)
+        if conflict is not None:
+            raise WriteConflictError(conflict)
         for code, a, b in batch.ops:
             if code == PUT:
                 if a not in data:

@@ -9,7 +9,13 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from durable import Driver, LevelDBDriver, MemoryDriver, StorageError
+from durable import (
+    Driver,
+    LevelDBDriver,
+    MemoryDriver,
+    StorageError,
+    WriteConflictError,
+)
 from durable._drivers import DEFAULT_POLL_INTERVAL, Alarm, Batch, Subscription
 from durable._drivers._base import (
     DELETE,
@@ -325,6 +331,87 @@ class TestBatchWrites:
         await driver.delete_prefix(b"")
         assert await driver.list_prefix(b"") == []
         assert await driver.list_alarms() == [Alarm("wf", 1.0)]
+
+
+class TestChecks:
+    async def test_a_batch_whose_check_holds_is_applied(self, driver: Driver) -> None:
+        await driver.set(b"lease", b"token-1")
+        batch = Batch()
+        batch.check(b"lease", b"token-1")
+        batch.put(b"k", b"v")
+        await driver.write(batch)
+        assert await driver.get(b"k") == b"v"
+
+    async def test_a_failed_check_applies_nothing(self, driver: Driver) -> None:
+        await driver.set(b"lease", b"token-2")
+        batch = Batch()
+        batch.put(b"k", b"v")
+        batch.set_alarm("wf", 5.0)
+        batch.check(b"lease", b"token-1")  # anywhere in the batch
+        batch.delete(b"lease")
+        with driver.subscribe("wf") as subscription:
+            batch.notify("wf")
+            with pytest.raises(WriteConflictError) as caught:
+                await driver.write(batch)
+            assert not await is_woken(subscription, anyio.lowlevel.checkpoint)
+        assert caught.value.key == b"lease"
+        assert isinstance(caught.value, StorageError)
+        assert await driver.get(b"k") is None
+        assert await driver.get(b"lease") == b"token-2"
+        assert await driver.get_alarm("wf") is None
+
+    async def test_checking_for_absence(self, driver: Driver) -> None:
+        batch = Batch()
+        batch.check(b"lease", None)
+        batch.put(b"lease", b"token-1")
+        await driver.write(batch)
+        assert await driver.get(b"lease") == b"token-1"
+        with pytest.raises(WriteConflictError):
+            await driver.write(batch)  # the key exists now
+
+    async def test_checks_see_the_store_before_the_batch(self, driver: Driver) -> None:
+        await driver.set(b"lease", b"old")
+        batch = Batch()
+        batch.put(b"lease", b"new")
+        batch.check(b"lease", b"old")
+        await driver.write(batch)
+        assert await driver.get(b"lease") == b"new"
+
+    async def test_every_check_must_hold(self, driver: Driver) -> None:
+        await driver.set(b"a", b"1")
+        await driver.set(b"b", b"2")
+        batch = Batch()
+        batch.check(b"a", b"1")
+        batch.check(b"b", b"3")
+        batch.put(b"k", b"v")
+        with pytest.raises(WriteConflictError) as caught:
+            await driver.write(batch)
+        assert caught.value.key == b"b"
+        assert await driver.get(b"k") is None
+
+
+class TestClaimAlarms:
+    async def test_due_alarms_are_claimed_earliest_first_and_moved(
+        self, driver: Driver
+    ) -> None:
+        await set_alarms(driver, {"a": 3.0, "b": 1.0, "c": 2.0, "later": 50.0})
+        claimed = await driver.claim_alarms(until=10.0, limit=2, lease_until=100.0)
+        assert claimed == [Alarm("b", 1.0), Alarm("c", 2.0)]
+        assert await driver.get_alarm("b") == 100.0
+        assert await driver.get_alarm("c") == 100.0
+        assert await driver.get_alarm("a") == 3.0
+
+    async def test_a_claimed_alarm_is_not_claimed_again(self, driver: Driver) -> None:
+        await set_alarms(driver, {"a": 1.0})
+        assert await driver.claim_alarms(until=10.0, limit=5, lease_until=100.0) == [
+            Alarm("a", 1.0)
+        ]
+        assert await driver.claim_alarms(until=10.0, limit=5, lease_until=100.0) == []
+
+    async def test_alarms_not_due_are_left_alone(self, driver: Driver) -> None:
+        await set_alarms(driver, {"a": 20.0})
+        assert await driver.claim_alarms(until=10.0, limit=5, lease_until=100.0) == []
+        assert await driver.get_alarm("a") == 20.0
 
 
 class TestAlarms:
