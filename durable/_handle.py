@@ -36,6 +36,7 @@ from ._inspect import (
     list_page,
 )
 from ._layout import WorkflowKeys
+from ._lease import revoke_lease
 from ._replay_from import StepPath, replay_from
 from ._types import WorkflowResult, WorkflowState
 from ._workflow import workflow_name
@@ -469,6 +470,8 @@ class WorkflowHandle:
                 meta.cancel(now)
             batch = Batch()
             meta.write(batch, keys)
+            # a worker of another process may run it: its next write will fail
+            await revoke_lease(driver, batch, self.workflow_id)
             batch.clear_alarm(self.workflow_id)
             batch.notify(self.workflow_id)
             await driver.write(batch)

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
 import signal
+import socket
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Self, final
 
@@ -41,11 +44,13 @@ from ._errors import (
     WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNameMismatchError,
+    WriteConflictError,
 )
 from ._handle import WorkflowHandle
 from ._history import WorkflowMeta
 from ._inspect import DEFAULT_PAGE_SIZE, WorkflowPage, list_page
 from ._layout import WorkflowKeys
+from ._lease import Lease, lease_key, read_lease
 from ._types import WorkflowState
 from ._workflow import Workflow
 
@@ -84,11 +89,18 @@ class Worker:
         concurrency: int = DEFAULT_CONCURRENCY,
         on_error: ErrorHook | None = None,
         clock: Clock | None = None,
+        lease: float | None = None,
     ) -> None:
+        if lease is not None and not lease > 0:
+            raise ValueError(
+                f"lease must be a positive number of seconds, not {lease!r}"
+            )
         if not isinstance(concurrency, int) or concurrency < 1:  # type: ignore[redundant-expr]
             raise ValueError(f"concurrency must be an int >= 1, not {concurrency!r}")
         self.driver = driver
         self.concurrency = concurrency
+        self.lease = None if lease is None else float(lease)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._on_error = on_error
         self._clock = clock or SYSTEM_CLOCK
         self._workflows: dict[str, Workflow] = {}
@@ -314,6 +326,45 @@ class Worker:
             await self._wait(next_at)  # returns at once if shutdown() kicked
 
     async def _start_due(self, runs: anyio.abc.TaskGroup) -> float | None:
+        """Start what is due (up to the free slots); return when to look next."""
+        if self.lease is not None:
+            return await self._claim_due(runs, self.lease)
+        return await self._start_due_alone(runs)
+
+    async def _claim_due(self, runs: anyio.abc.TaskGroup, lease: float) -> float | None:
+        """Lease mode: claim due alarms (moved to the lease's end), then run them.
+
+        Claims are atomic in a shared driver, so two workers never claim one alarm;
+        the lease record then decides who runs it (see `_lease`).
+        """
+        now = self._clock.now()
+        free = self.concurrency - len(self._runs)
+        if free > 0:
+            claimed = await self.driver.claim_alarms(
+                until=now, limit=free, lease_until=now + lease
+            )
+            for alarm in claimed:
+                workflow_id = alarm.workflow_id
+                if workflow_id in self._runs:  # ours, made due by a message: keep it
+                    runs.start_soon(self._give_back, workflow_id)
+                    continue
+                if workflow_id in self._parked:
+                    continue  # claimed again after a lease: stays parked, quietly
+                self._runs[workflow_id] = None
+                runs.start_soon(self._run_workflow, workflow_id)
+        upcoming = await self.driver.list_alarms(limit=1)
+        if not upcoming:
+            return None
+        first = upcoming[0]
+        if first.at <= now:
+            # due but not claimed: no free slot (a finishing run kicks), or another
+            # claimer holds it for a moment; look again shortly
+            return (
+                None if free <= 0 else now + min(lease, self.driver.poll_interval) / 10
+            )
+        return first.at
+
+    async def _start_due_alone(self, runs: anyio.abc.TaskGroup) -> float | None:
         """Start what is due (up to the free slots); return when to look next.
 
         Reads O(due + running + parked) alarms: the due ones, then just enough of
@@ -368,6 +419,12 @@ class Worker:
     async def _run_workflow(self, workflow_id: str) -> None:
         try:
             await self._run_one(workflow_id)
+        except WriteConflictError:
+            log.warning(
+                "workflow %r: another worker took it over (or it was cancelled "
+                "elsewhere); this worker stopped running it",
+                workflow_id,
+            )
         except StorageError as exc:
             self._defer(workflow_id, _RETRY_AFTER_STORAGE_ERROR, exc)
         except (HistoryDivergedError, EntryInProgressError) as exc:
@@ -413,20 +470,110 @@ class Worker:
             on_error=self._on_error,
             workflow_name=workflow.name,
         )
+        if self.lease is not None:
+            lease = await self._take_lease(workflow_id, self.lease)
+            if lease is None:
+                return
+            run.fence = (lease_key(workflow_id), lease.to_bytes())
+            run.lease_until = lease.expires_at
         self._runs[workflow_id] = run
         if self._stopping:
             run.evict()
-        # a failure, a cancel or an eviction is stored as such (on_error reported it)
-        with contextlib.suppress(
-            WorkflowFailedError, WorkflowCancelledError, EvictedError
-        ):
-            await run.execute()
+        try:
+            # a failure, cancel or eviction is stored as such (on_error reported it)
+            with contextlib.suppress(
+                WorkflowFailedError, WorkflowCancelledError, EvictedError
+            ):
+                if self.lease is None:
+                    await run.execute()
+                else:
+                    await self._execute_leased(run, self.lease)
+        finally:
+            if run.fence is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._release(run.fence)
+
+    async def _execute_leased(self, run: Run, seconds: float) -> None:
+        """Run *run* while a task renews its lease; its errors propagate unwrapped."""
+        error: Exception | None = None
+        async with anyio.create_task_group() as renewals:
+            renewals.start_soon(self._renew, run, seconds)
+            try:
+                await run.execute()
+            except Exception as exc:  # re-raised below, outside the task group
+                error = exc
+            renewals.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    # --- leases (workers sharing a store) -----------------------------------------
+
+    async def _take_lease(self, workflow_id: str, seconds: float) -> Lease | None:
+        """Take the workflow's lease (token + 1) unless another worker holds it."""
+        current, raw = await read_lease(self.driver, workflow_id)
+        now = self._clock.now()
+        if current is not None and current.is_held(now):
+            await self._give_back(workflow_id)
+            return None
+        token = 0 if current is None else current.token
+        lease = Lease(self.id, token + 1, now + seconds)
+        batch = Batch()
+        key = lease_key(workflow_id)
+        batch.check(key, raw)
+        batch.put(key, lease.to_bytes())
+        try:
+            await self.driver.write(batch)
+        except WriteConflictError:
+            return None  # another worker took it between our read and our write
+        return lease
+
+    async def _give_back(self, workflow_id: str) -> None:
+        """Put a claimed alarm back where the workflow's current owner keeps it."""
+        current, raw = await read_lease(self.driver, workflow_id)
+        if current is None or not current.is_held(self._clock.now()):
+            return  # released meanwhile: its owner stored the alarm it wants
+        batch = Batch()
+        batch.check(lease_key(workflow_id), raw)
+        batch.set_alarm(workflow_id, current.expires_at)
+        with contextlib.suppress(WriteConflictError):  # released meanwhile: see above
+            await self.driver.write(batch)
+
+    async def _renew(self, run: Run, seconds: float) -> None:
+        """Extend the run's lease every third of it, for as long as it runs."""
+        while True:
+            await self._clock.sleep_until(self._clock.now() + seconds / 3)
+            fence = run.fence
+            if fence is None:
+                return
+            key, raw = fence
+            lease = Lease.from_bytes(raw, key)
+            until = self._clock.now() + seconds
+            renewed = Lease(lease.owner, lease.token, until)
+            try:
+                if not await run.renew((key, renewed.to_bytes()), until):
+                    return
+            except WriteConflictError as exc:
+                run.abort(exc)  # someone took it over: stop before writing more
+                return
+
+    async def _release(self, fence: tuple[bytes, bytes]) -> None:
+        """Mark the lease free once the run stored its own alarm."""
+        key, raw = fence
+        lease = Lease.from_bytes(raw, key)
+        batch = Batch()
+        batch.check(key, raw)
+        batch.put(key, Lease(None, lease.token, 0.0).to_bytes())
+        with contextlib.suppress(StorageError):  # taken over or revoked: theirs now
+            await self.driver.write(batch)
 
     def _park(self, workflow_id: str, reason: str) -> None:
         self._parked[workflow_id] = reason
         log.error("workflow %r parked: %s", workflow_id, reason)
 
     def _defer(self, workflow_id: str, seconds: float, exc: Exception | None) -> None:
-        self._deferred[workflow_id] = self._clock.now() + seconds
+        if self.lease is not None:
+            seconds = self.lease  # its claim moved the alarm to the lease's end
+        else:
+            self._deferred[workflow_id] = self._clock.now() + seconds
         if exc is not None:
             log.warning("workflow %r: %s; retrying in %gs", workflow_id, exc, seconds)

@@ -128,10 +128,9 @@ def prefix_end(prefix: bytes) -> bytes:
 
 def failed_check(batch: Batch, read: Callable[[bytes], bytes | None]) -> bytes | None:
     """The first key of *batch*'s checks whose current value (by *read*) differs."""
-    if batch.has_check:
-        for code, key, value in batch.ops:
-            if code == CHECK and read(key) != value:
-                return key  # type: ignore[no-any-return]
+    for code, key, value in batch.ops:
+        if code == CHECK and read(key) != value:
+            return key  # type: ignore[no-any-return]
     return None
 
 

@@ -148,9 +148,10 @@ class LevelDBDriver(Driver):
         if db.closed:
             raise StorageError(f"the LevelDB store at {self.path} is closed")
         ops = batch.ops
-        conflict = failed_check(batch, db.get)  # no await before the write: atomic
-        if conflict is not None:
-            raise WriteConflictError(conflict)
+        if batch.has_check:  # no await between the check and the write: atomic
+            conflict = failed_check(batch, db.get)
+            if conflict is not None:
+                raise WriteConflictError(conflict)
         wb = db.write_batch(sync=self.sync)
         for code, key, value in ops:
             # W1 hot path: plain puts and deletes need no bookkeeping

@@ -78,9 +78,10 @@ class MemoryDriver(Driver):
         """Apply *batch* in order; memory writes cannot fail halfway."""
         self._check_open()
         data, keys = self._data, self._keys
-        conflict = failed_check(batch, data.get)
-        if conflict is not None:
-            raise WriteConflictError(conflict)
+        if batch.has_check:
+            conflict = failed_check(batch, data.get)
+            if conflict is not None:
+                raise WriteConflictError(conflict)
         for code, a, b in batch.ops:
             if code == PUT:
                 if a not in data:

@@ -124,6 +124,10 @@ class Run:
         # taken before the history is loaded, so no message can slip between them
         self.subscription = driver.subscribe(workflow_id)
         self._cancel_scope = anyio.CancelScope()
+        # Workers sharing a store: every write checks the lease record (fence), and
+        # while the run holds the workflow its alarm is the lease's end, not now.
+        self.fence: tuple[bytes, bytes] | None = None
+        self.lease_until: float | None = None
 
     # --- the run ------------------------------------------------------------------
 
@@ -194,7 +198,8 @@ class Run:
             )
         self._meta = meta
         if not self.rolling_back:
-            self._set_state(WorkflowState.RUNNING, alarm=now)  # a crash leaves it due
+            # a crash leaves it due (at once, or when another worker may take over)
+            self._set_state(WorkflowState.RUNNING, alarm=self._alarm_while_running())
         self.started.set()
         root = Scope(self, b"")
         try:
@@ -227,6 +232,8 @@ class Run:
         finally:
             root.abandon()
         # only reached when the cancel scope swallowed a cancellation
+        if self._write_error is not None:
+            raise self._write_error  # aborted: it lost its workflow to another owner
         raise WorkflowCancelledError(self.workflow_id)
 
     def _decode_output(self, meta: WorkflowMeta) -> object:
@@ -263,7 +270,9 @@ class Run:
             first_report = True
         unmet = unregistered_compensations(self)
         if self.compensations or unmet:
-            self._set_state(WorkflowState.ROLLING_BACK, alarm=self.clock.now())
+            self._set_state(
+                WorkflowState.ROLLING_BACK, alarm=self._alarm_while_running()
+            )
             await self.flush()
             if first_report:
                 await self.report(WorkflowErrorEvent(self.workflow_id, error))
@@ -359,6 +368,8 @@ class Run:
                 self.pending = Batch()  # cancel won: nothing more is recorded
             else:
                 batch, self.pending = self.pending, Batch()
+                if self.fence is not None:
+                    batch.check(*self.fence)
                 try:
                     await self.driver.write(batch)
                 except BaseException as exc:
@@ -371,6 +382,38 @@ class Run:
             gate.release()
         if self.cancelled:
             await anyio.lowlevel.checkpoint()  # delivers the run's cancellation
+
+    def _alarm_while_running(self) -> float:
+        return self.clock.now() if self.lease_until is None else self.lease_until
+
+    async def renew(self, fence: tuple[bytes, bytes], until: float) -> bool:
+        """Replace the lease record and move the alarm to *until*, fenced by the old.
+
+        Returns False, writing nothing, once the run stopped running (it stored
+        its own alarm). Raises `WriteConflictError` if another owner took over.
+        """
+        async with self._flush_lock:
+            meta = self._meta
+            if (
+                self.fence is None
+                or meta is None
+                or meta.state not in (WorkflowState.RUNNING, WorkflowState.ROLLING_BACK)
+                or self.cancelled
+                or self._write_error is not None
+            ):
+                return False
+            batch = Batch()
+            batch.check(*self.fence)
+            batch.put(*fence)
+            batch.set_alarm(self.workflow_id, until)
+            await self.driver.write(batch)
+            self.fence, self.lease_until = fence, until
+            return True
+
+    def abort(self, error: Exception) -> None:
+        """Stop the run at once and write nothing more: it lost its workflow."""
+        self._write_error = error
+        self._cancel_scope.cancel()
 
     def _require_meta(self) -> WorkflowMeta:
         if self._meta is None:
@@ -407,6 +450,8 @@ class Run:
             if meta is not None:
                 meta.cancel(self.clock.now())
                 meta.write(batch, self.history.keys)
+                if self.fence is not None:
+                    batch.check(*self.fence)
                 batch.clear_alarm(self.workflow_id)
                 batch.notify(self.workflow_id)
                 await self.driver.write(batch)
@@ -454,7 +499,7 @@ class Run:
         finally:
             del self._waits[token]
         if self._require_meta().state == WorkflowState.SLEEPING:
-            self._set_state(WorkflowState.RUNNING, alarm=self.clock.now())
+            self._set_state(WorkflowState.RUNNING, alarm=self._alarm_while_running())
 
     async def _wait_in_memory(
         self, deadline: float | None, waiting_for: tuple[str, ...] | None
