@@ -43,13 +43,17 @@ async def test_two_workers_share_the_work_and_each_step_runs_once(
     chain = make_chain(log, 6)
     async with TestClock(autojump=True) as clock:
         first = durable.Worker(driver, [chain], clock=clock, lease=LEASE, concurrency=3)
-        second = durable.Worker(driver, [chain], clock=clock, lease=LEASE, concurrency=3)
+        second = durable.Worker(
+            driver, [chain], clock=clock, lease=LEASE, concurrency=3
+        )
         async with first, second:
             handles = [await first.start("chain", f"c-{i}", None) for i in range(20)]
             with anyio.fail_after(SAFETY):
                 for handle in handles:
                     assert (await handle.result()).output == 6
-    assert sorted(log.lines) == sorted(f"c-{i} s{j}" for i in range(20) for j in range(6))
+    assert sorted(log.lines) == sorted(
+        f"c-{i} s{j}" for i in range(20) for j in range(6)
+    )
     for i in range(20):  # released: another worker may claim it at once
         lease, _ = await read_lease(driver, f"c-{i}")
         assert lease is not None
@@ -146,28 +150,32 @@ async def test_a_lease_is_renewed_while_a_long_step_runs() -> None:
         return await ctx.step("work", forever, timeout=10 * LEASE)
 
     clock = TestClock()
-    async with durable.MemoryDriver() as driver:
-        async with durable.Worker(driver, [long], lease=LEASE, clock=clock) as worker:
-            handle = await worker.start("long", "l-1", None)
-            with anyio.fail_after(SAFETY):
-                while (await read_lease(driver, "l-1"))[0] is None:
-                    await anyio.wait_all_tasks_blocked()
+    async with (
+        durable.MemoryDriver() as driver,
+        durable.Worker(driver, [long], lease=LEASE, clock=clock) as worker,
+    ):
+        handle = await worker.start("long", "l-1", None)
+        with anyio.fail_after(SAFETY):
+            while (await read_lease(driver, "l-1"))[0] is None:
                 await anyio.wait_all_tasks_blocked()
-            for _ in range(6):  # two lease lengths, a third at a time
-                clock.jump(LEASE / 3)
-                await anyio.wait_all_tasks_blocked()
-            lease, _ = await read_lease(driver, "l-1")
-            assert lease is not None
-            assert lease.owner == worker.id
-            assert lease.token == 1  # renewed, never taken over
-            assert lease.expires_at > clock.now()
-            assert await driver.get_alarm("l-1") == lease.expires_at
-            release.set()
-            with anyio.fail_after(SAFETY):
-                assert (await handle.result()).output == "done"
+            await anyio.wait_all_tasks_blocked()
+        for _ in range(6):  # two lease lengths, a third at a time
+            clock.jump(LEASE / 3)
+            await anyio.wait_all_tasks_blocked()
+        lease, _ = await read_lease(driver, "l-1")
+        assert lease is not None
+        assert lease.owner == worker.id
+        assert lease.token == 1  # renewed, never taken over
+        assert lease.expires_at > clock.now()
+        assert await driver.get_alarm("l-1") == lease.expires_at
+        release.set()
+        with anyio.fail_after(SAFETY):
+            assert (await handle.result()).output == "done"
 
 
-async def test_a_message_to_a_running_workflow_does_not_move_it_to_another_worker() -> None:
+async def test_a_message_to_a_running_workflow_does_not_move_it_to_another_worker() -> (
+    None
+):
     entered, release = anyio.Event(), anyio.Event()
 
     @durable.workflow(name="asks")
