@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 DEFAULT_CONCURRENCY: Final = 100
 """Workflows a `Worker` runs at once by default."""
 
-_RETRY_AFTER_STORAGE_ERROR: Final = 5.0  # seconds before a run that hit one is retried
+_RETRY_AFTER_STORAGE_ERROR: Final = 1.0  # seconds before what hit one is retried
 
 log = logging.getLogger("durable.worker")
 
@@ -114,7 +114,6 @@ class Worker:
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._start_lock = anyio.Lock()
 
     # --- registry -----------------------------------------------------------------
 
@@ -175,7 +174,8 @@ class Worker:
                 f"workflow_id must be a non-empty str, not {workflow_id!r}"
             )
         keys = WorkflowKeys(workflow_id)
-        async with self._start_lock:  # two starts of one id: one writes, one finds it
+        data = dump_value(input, f"the input of workflow {workflow_id!r}")
+        while True:
             raw = await self.driver.get(keys.meta)
             if raw is not None:
                 stored = WorkflowMeta.from_bytes(raw, keys.meta).name
@@ -184,17 +184,20 @@ class Worker:
                         workflow_id, stored=stored, requested=name
                     )
                 return self.handle(workflow_id)
-            data = dump_value(input, f"the input of workflow {workflow_id!r}")
             now = self._clock.now()
             meta = WorkflowMeta(
                 WorkflowState.PENDING, created_at=now, updated_at=now, name=name
             )
             batch = Batch()
+            batch.check(keys.meta, None)  # two starts of one id: one writes
             batch.put(keys.input, data)
             meta.write(batch, keys)
             batch.set_alarm(workflow_id, now)
-            await self.driver.write(batch)
-        return self.handle(workflow_id)
+            try:
+                await self.driver.write(batch)
+            except WriteConflictError:
+                continue  # another start (maybe another process) won: read it
+            return self.handle(workflow_id)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to steer and read *workflow_id*; this worker runs it.
@@ -319,10 +322,18 @@ class Worker:
             self._kick.set()
 
     async def _dispatch(self, runs: anyio.abc.TaskGroup) -> None:
-        """Start due workflows, then sleep until the next alarm or kick; repeat."""
+        """Start due workflows, then sleep until the next alarm or kick; repeat.
+
+        A store that fails (a database restarting) is retried, not fatal: the
+        worker logs it and looks again after a pause.
+        """
         while not self._stopping:
             self._kick = anyio.Event()  # a change from here on makes another pass
-            next_at = await self._start_due(runs)
+            try:
+                next_at = await self._start_due(runs)
+            except StorageError as exc:
+                log.warning("reading due work failed (%s); retrying", exc)
+                next_at = self._clock.now() + _RETRY_AFTER_STORAGE_ERROR
             await self._wait(next_at)  # returns at once if shutdown() kicked
 
     async def _start_due(self, runs: anyio.abc.TaskGroup) -> float | None:
