@@ -60,8 +60,9 @@ async def test_two_workers_share_the_work_and_each_step_runs_once(
         assert lease.owner is None
 
 
+@pytest.mark.parametrize("driver", ["memory", "postgres"], indirect=True)
 async def test_a_worker_that_lost_its_lease_writes_nothing(
-    caplog: pytest.LogCaptureFixture,
+    driver: durable.Driver, caplog: pytest.LogCaptureFixture
 ) -> None:
     entered, release = anyio.Event(), anyio.Event()
     log = Log()
@@ -75,35 +76,34 @@ async def test_a_worker_that_lost_its_lease_writes_nothing(
 
         return await ctx.step("work", blocked)
 
-    async with durable.MemoryDriver() as driver:
-        worker = durable.Worker(driver, [slow], lease=LEASE)
-        with caplog.at_level(logging.WARNING, logger="durable.worker"):
-            async with worker:
-                handle = await worker.start("slow", "s-1", None)
-                with anyio.fail_after(SAFETY):
-                    await entered.wait()
-                # another worker takes over (as after a pause longer than the lease)
-                lease, raw = await read_lease(driver, "s-1")
-                assert lease is not None
-                assert lease.owner == worker.id
-                batch = durable.Batch()
-                batch.check(lease_key("s-1"), raw)
-                batch.put(
-                    lease_key("s-1"),
-                    Lease("other", lease.token + 1, lease.expires_at + 60).to_bytes(),
-                )
-                await driver.write(batch)
-                release.set()
-                with anyio.fail_after(SAFETY):
-                    while worker.running:
-                        await anyio.wait_all_tasks_blocked()
-        assert "took it over" in caplog.text
-        assert log.lines == ["first owner"]  # the body ran; its result was refused
-        assert await handle.get_history() == ()  # the step's result was not recorded
-        assert await handle.get_state() != "completed"
-        lease, _ = await read_lease(driver, "s-1")
-        assert lease is not None
-        assert lease.owner == "other"  # the old owner did not even release it
+    worker = durable.Worker(driver, [slow], lease=LEASE)
+    with caplog.at_level(logging.WARNING, logger="durable.worker"):
+        async with worker:
+            handle = await worker.start("slow", "s-1", None)
+            with anyio.fail_after(SAFETY):
+                await entered.wait()
+            # another worker takes over (as after a pause longer than the lease)
+            lease, raw = await read_lease(driver, "s-1")
+            assert lease is not None
+            assert lease.owner == worker.id
+            batch = durable.Batch()
+            batch.check(lease_key("s-1"), raw)
+            batch.put(
+                lease_key("s-1"),
+                Lease("other", lease.token + 1, lease.expires_at + 60).to_bytes(),
+            )
+            await driver.write(batch)
+            release.set()
+            with anyio.fail_after(SAFETY):
+                while worker.running:
+                    await anyio.wait_all_tasks_blocked()
+    assert "took it over" in caplog.text
+    assert log.lines == ["first owner"]  # the body ran; its result was refused
+    assert await handle.get_history() == ()  # the step's result was not recorded
+    assert await handle.get_state() != "completed"
+    lease, _ = await read_lease(driver, "s-1")
+    assert lease is not None
+    assert lease.owner == "other"  # the old owner did not even release it
 
 
 async def test_a_cancel_from_another_process_stops_the_owner() -> None:
@@ -207,3 +207,32 @@ async def test_a_message_to_a_running_workflow_does_not_move_it_to_another_worke
 async def test_a_lease_must_be_positive() -> None:
     with pytest.raises(ValueError, match="lease"):
         durable.Worker(durable.MemoryDriver(), lease=0)
+
+
+@pytest.mark.parametrize("driver", ["memory", "postgres"], indirect=True)
+async def test_a_message_from_another_process_wakes_a_waiting_workflow(
+    driver: durable.Driver, postgres_dsn: str
+) -> None:
+    @durable.workflow(name="waits")
+    async def waits(ctx: durable.WorkflowContext, _: object) -> object:
+        [body] = await ctx.queue.next("answer", names=["answer"])
+        return body
+
+    if isinstance(driver, durable.MemoryDriver):
+        elsewhere: durable.Driver = FaultyDriver(driver)
+    else:  # a second pool of connections to the same store, as another process has
+        store = driver.store  # type: ignore[attr-defined]
+        elsewhere = durable.PostgresDriver(postgres_dsn, store=store)
+    async with durable.Worker(driver, [waits], lease=LEASE) as worker:
+        handle = await worker.start("waits", "w-1", None)
+        with anyio.fail_after(SAFETY):
+            # PostgreSQL answers from worker threads: poll rather than wait for
+            # every task to block
+            while await handle.get_state() != "sleeping":  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        async with elsewhere:
+            await durable.run_workflow("w-1", waits, None, driver=elsewhere).message(
+                "answer", "from afar"
+            )
+        with anyio.fail_after(SAFETY):
+            assert (await handle.result()).output == "from afar"
