@@ -1,11 +1,13 @@
 """The benchmark suite of ../shared/spec/BENCHMARKS.md: ``python -m benchmarks``.
 
-Prints one JSON line per workload. Every workload runs on a fresh store in a
-temporary directory. Compare ratios taken in one run, never absolute times.
+Prints one JSON line per workload. Every workload runs on a fresh store (a
+temporary directory, or a PostgreSQL schema dropped afterwards). Compare ratios
+taken in one run, never absolute times.
 
     python -m benchmarks                      # every workload, default sizes
     python -m benchmarks --only W0,W1,W2 --n 2000
     python -m benchmarks --driver memory --sync
+    python -m benchmarks --driver leveldb,postgres --only W0,W1,W3,W6
 """
 
 from __future__ import annotations
@@ -19,21 +21,31 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 import plyvel
 
 import durable
 
+from . import postgres
+
 Workload = Callable[["Bench"], Awaitable[dict[str, Any]]]
 WORKLOADS: dict[str, Workload] = {}
+ONLY_ON: dict[str, set[str]] = {}  # workload -> the drivers it needs, if not every one
+DRIVERS = ("leveldb", "memory", "postgres")
+PostgresT = TypeVar("PostgresT", bound=durable.PostgresDriver)
 PARKED = 10**9  # seconds: a sleep that parks a workflow so a later run replays it
 
 
-def workload(name: str) -> Callable[[Workload], Workload]:
+def workload(
+    name: str, *, only_on: set[str] | None = None
+) -> Callable[[Workload], Workload]:
     def register(fn: Workload) -> Workload:
         WORKLOADS[name] = fn
+        if only_on is not None:
+            ONLY_ON[name] = only_on
         return fn
 
     return register
@@ -54,12 +66,26 @@ class RecordingLevelDBDriver(durable.LevelDBDriver):
 class Bench:
     """Options shared by the workloads, and fresh stores for them."""
 
-    def __init__(self, tmp: Path, driver: str, n: int | None, *, sync: bool) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        driver: str,
+        n: int | None,
+        *,
+        sync: bool,
+        dsn: str,
+        backend: str,
+        pool_size: int | None,
+    ) -> None:
         self.tmp = tmp
         self.driver_name = driver
         self.n_override = n
         self.sync = sync
+        self.dsn = postgres.session_dsn(dsn, sync=sync)
+        self.backend = backend
+        self.pool_size = pool_size  # None: PostgresDriver's default
         self._count = 0
+        self._stores: list[str] = []
 
     def n(self, default: int) -> int:
         return self.n_override or default
@@ -68,10 +94,29 @@ class Bench:
         self._count += 1
         return self.tmp / f"store-{self._count}"
 
+    def store(self) -> str:
+        """A new PostgreSQL store name, dropped by `cleanup`."""
+        self._stores.append(postgres.new_store())
+        return self._stores[-1]
+
     def driver(self) -> durable.Driver:
         if self.driver_name == "memory":
             return durable.MemoryDriver()
+        if self.driver_name == "postgres":
+            return self.postgres(durable.PostgresDriver)
         return durable.LevelDBDriver(self.path(), sync=self.sync)
+
+    def postgres(self, cls: type[PostgresT]) -> PostgresT:
+        """A *cls* driver on a new store, with --pool-size if given."""
+        if self.pool_size is None:
+            return cls(self.dsn, store=self.store())
+        return cls(self.dsn, store=self.store(), pool_size=self.pool_size)
+
+    async def cleanup(self) -> None:
+        """Drop the PostgreSQL stores made since the last cleanup."""
+        stores, self._stores = self._stores, []
+        for store in stores:
+            await anyio.to_thread.run_sync(postgres.drop_store, self.dsn, store)
 
 
 def steps_workflow(
@@ -110,8 +155,24 @@ async def run_steps(
 
 @workload("W0")
 async def w0(bench: Bench) -> dict[str, Any]:
-    """Raw plyvel: the batches W1 writes, written straight through plyvel."""
+    """Raw plyvel: the batches W1 writes, written straight through plyvel.
+
+    On PostgreSQL: the batches W1 writes there, each one transaction through
+    psycopg on one connection (see `postgres.write_raw`).
+    """
     n = bench.n(1000)
+    if bench.driver_name == "postgres":
+        pg_recorder = bench.postgres(postgres.RecordingPostgresDriver)
+        async with pg_recorder:
+            await run_steps(pg_recorder, "w1", n, park=False)
+        seconds = await anyio.to_thread.run_sync(
+            postgres.write_raw, bench.dsn, bench.store(), pg_recorder.batches
+        )
+        return {
+            "n": len(pg_recorder.batches),
+            "seconds": seconds,
+            "extra": {"steps": n},
+        }
     recorder = RecordingLevelDBDriver(bench.path())
     async with recorder:
         await run_steps(recorder, "w1", n, park=False)
@@ -303,40 +364,100 @@ async def w7(bench: Bench) -> dict[str, Any]:
     }
 
 
-async def main_async(args: argparse.Namespace) -> int:
+def _selection(only: str | None, drivers: list[str]) -> dict[str, list[str]] | str:
+    """The workloads to run on each driver, or why the selection is refused."""
     by_upper = {name.upper(): name for name in WORKLOADS}
     names = (
         list(WORKLOADS)
-        if not args.only
-        else [by_upper.get(w.strip().upper(), w.strip()) for w in args.only.split(",")]
+        if not only
+        else [by_upper.get(w.strip().upper(), w.strip()) for w in only.split(",")]
     )
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown:
-        print(
-            f"unknown or not yet available workloads: {', '.join(unknown)}; available: {', '.join(WORKLOADS)}",
-            file=sys.stderr,
+        return (
+            f"unknown or not yet available workloads: {', '.join(unknown)}; "
+            f"available: {', '.join(WORKLOADS)}"
         )
+    plan = {
+        driver: [n for n in names if driver in ONLY_ON.get(n, {driver})]
+        for driver in drivers
+    }
+    if only:
+        nowhere = [n for n in names if not any(n in run for run in plan.values())]
+        if nowhere:
+            return ", ".join(
+                f"{n} runs only on --driver {' or '.join(sorted(ONLY_ON[n]))}"
+                for n in nowhere
+            )
+    return plan
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    plan = _selection(args.only, args.driver)
+    if isinstance(plan, str):
+        print(plan, file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="durable-bench-") as tmp:
-        bench = Bench(Path(tmp), args.driver, args.n, sync=args.sync)
-        for name in names:
-            # start every workload with no garbage and no young objects left by the
-            # imports or the workloads before it: collecting them is not its cost
-            gc.collect()
-            figures = await WORKLOADS[name](bench)
-            seconds = figures["seconds"]
-            per_sec = figures.pop("per_sec_override", None) or figures["n"] / seconds
-            driver = "leveldb" if name == "W0" else args.driver
-            line = {
-                "workload": name,
-                "driver": driver,
-                "n": figures["n"],
-                "seconds": round(seconds, 6),
-                "per_sec": round(per_sec, 1),
-                "extra": {**figures["extra"], "sync": args.sync},
-            }
-            print(json.dumps(line), flush=True)
+        for driver_name, names in plan.items():
+            bench = Bench(
+                Path(tmp) / driver_name,
+                driver_name,
+                args.n,
+                sync=args.sync,
+                dsn=args.dsn,
+                backend=args.backend,
+                pool_size=args.pool_size,
+            )
+            bench.tmp.mkdir()
+            for name in names:
+                # start every workload with no garbage and no young objects left by
+                # the imports or the workloads before it: collecting them is not its
+                # cost
+                gc.collect()
+                # on PostgreSQL, where the CPU went
+                postgres_run = driver_name == "postgres"
+                before = postgres.cpu_snapshot() if postgres_run else None
+                cpu, wall = time.process_time(), time.perf_counter()
+                try:
+                    figures = await WORKLOADS[name](bench)
+                finally:
+                    await bench.cleanup()
+                if before is not None:
+                    wall = time.perf_counter() - wall
+                    load = postgres.cpu_between(before, postgres.cpu_snapshot(), wall)
+                    load["bench_cores"] = round((time.process_time() - cpu) / wall, 3)
+                    figures["extra"]["load"] = load
+                seconds = figures["seconds"]
+                per_sec = (
+                    figures.pop("per_sec_override", None) or figures["n"] / seconds
+                )
+                # W0 is raw plyvel but on PostgreSQL, where it is raw psycopg
+                shown = driver_name
+                if name == "W0" and driver_name != "postgres":
+                    shown = "leveldb"
+                line = {
+                    "workload": name,
+                    "driver": shown,
+                    "n": figures["n"],
+                    "seconds": round(seconds, 6),
+                    "per_sec": round(per_sec, 1),
+                    "extra": {**figures["extra"], "sync": args.sync},
+                }
+                if driver_name == "postgres":
+                    pool_size = bench.pool_size or postgres.default_pool_size()
+                    line["extra"]["pool_size"] = pool_size
+                print(json.dumps(line), flush=True)
     return 0
+
+
+def _drivers(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    wrong = [name for name in names if name not in DRIVERS]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(
+            f"drivers are {', '.join(DRIVERS)} (comma-separated), not {text!r}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def main() -> int:
@@ -345,7 +466,23 @@ def main() -> int:
     )
     parser.add_argument("--only", help="comma-separated workloads, e.g. W1,W2")
     parser.add_argument("--n", type=int, help="size override for every workload")
-    parser.add_argument("--driver", choices=["leveldb", "memory"], default="leveldb")
+    parser.add_argument(
+        "--driver",
+        type=_drivers,
+        default=["leveldb"],
+        help="leveldb, memory or postgres, or several comma-separated (one run each)",
+    )
+    parser.add_argument(
+        "--dsn",
+        default=postgres.default_dsn(),
+        help=f"PostgreSQL for --driver postgres (default ${postgres.DSN_ENV} or "
+        f"{postgres.DEFAULT_DSN!r})",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        help="PostgresDriver pool_size, in every process (default: the driver's)",
+    )
     parser.add_argument(
         "--sync",
         action="store_true",

@@ -1,4 +1,8 @@
-"""The benchmark suite runs end to end at a tiny size, so it never rots (not timed)."""
+"""The benchmark suite runs end to end at a tiny size, so it never rots (not timed).
+
+The PostgreSQL runs use the local server that .ci/run starts (trust auth, user root,
+database test; DURABLE_TEST_POSTGRES_DSN overrides it, as for the driver tests).
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,37 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W5p", "W6", "W7"]
 
 
-def run_suite(*args: str) -> list[dict[str, object]]:
-    done = subprocess.run(
+def run_suite(*args: str) -> list[dict[str, Any]]:
+    return run_suite_process(*args)[1]
+
+
+def run_suite_process(*args: str) -> tuple[int, list[dict[str, Any]]]:
+    """The suite's process id (it names its PostgreSQL stores) and its JSON lines."""
+    with subprocess.Popen(
         [sys.executable, "-m", "benchmarks", *args],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=True,
-    )
-    return [
-        json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")
-    ]
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    if process.returncode:
+        raise AssertionError(f"the suite exited with {process.returncode}:\n{err}")
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return process.pid, lines
 
 
 @pytest.mark.parametrize("driver", ["leveldb", "memory"])
@@ -33,20 +49,20 @@ def test_every_workload_prints_one_json_line_of_the_spec(driver: str) -> None:
     assert [line["workload"] for line in lines] == WORKLOADS
     for line in lines:
         assert set(line) == {"workload", "driver", "n", "seconds", "per_sec", "extra"}
-        assert line["per_sec"] > 0  # type: ignore[operator]
-        assert line["extra"]["sync"] is False  # type: ignore[index]
+        assert line["per_sec"] > 0
+        assert line["extra"]["sync"] is False
     by_name = {line["workload"]: line for line in lines}
-    assert by_name["W2"]["extra"]["executed"] == 0  # type: ignore[index]
-    assert by_name["W1"]["extra"]["executed"] == 20  # type: ignore[index]
+    assert by_name["W2"]["extra"]["executed"] == 0
+    assert by_name["W1"]["extra"]["executed"] == 20
     assert by_name["W0"]["driver"] == "leveldb"
 
 
 def test_only_and_sync_select_workloads_and_durability() -> None:
     lines = run_suite("--only", "w1,W4", "--n", "40", "--sync")
     assert [line["workload"] for line in lines] == ["W1", "W4"]
-    assert all(line["extra"]["sync"] is True for line in lines)  # type: ignore[index]
+    assert all(line["extra"]["sync"] is True for line in lines)
     # W4 leaves a bounded number of keys: default history_keep 20, two keys each
-    assert lines[1]["extra"]["keys"] <= 2 * 20 * 2 + 10  # type: ignore[index, operator]
+    assert lines[1]["extra"]["keys"] <= 2 * 20 * 2 + 10
 
 
 def test_an_unknown_workload_is_refused() -> None:
@@ -60,3 +76,37 @@ def test_an_unknown_workload_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "W9" in done.stderr
+
+
+def stores_left_by(dsn: str, pid: int) -> list[str]:
+    """The PostgreSQL stores the suite run *pid* made and did not drop."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+            (f"bench\\_{pid}\\_%",),
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_every_single_process_workload_runs_on_postgres(postgres_dsn: str) -> None:
+    pid, lines = run_suite_process(
+        "--driver",
+        "postgres",
+        "--dsn",
+        postgres_dsn,
+        "--n",
+        "20",
+        "--only",
+        ",".join(WORKLOADS),
+    )
+    assert [line["workload"] for line in lines] == WORKLOADS
+    for line in lines:
+        assert line["driver"] == "postgres"
+        assert line["per_sec"] > 0
+        assert line["extra"]["sync"] is False
+        assert line["extra"]["pool_size"] >= 1
+    by_name = {line["workload"]: line for line in lines}
+    assert by_name["W1"]["extra"]["executed"] == 20
+    assert by_name["W2"]["extra"]["executed"] == 0
+    assert by_name["W0"]["n"] >= 20  # W1's batches, replayed raw through psycopg
+    assert stores_left_by(postgres_dsn, pid) == []
