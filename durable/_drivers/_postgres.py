@@ -10,6 +10,13 @@ A store is one PostgreSQL schema named after it, holding ``schema_version`` (one
 ``kv`` (``bytea`` keys, which PostgreSQL compares bytewise) and ``alarms`` (indexed by
 ``(at, workflow_id)`` so due alarms cost O(due)). Each batch is one transaction.
 
+A batch with ``check`` ops first locks every checked key, so nothing can change it
+between the check and the commit: a present key by its row lock (``FOR UPDATE``), an
+absent one by a placeholder row the transaction inserts and deletes again, whose
+uncommitted index entry makes every other insert of that key wait for the commit.
+``claim_alarms`` is one ``UPDATE`` over ``FOR UPDATE SKIP LOCKED`` rows, so concurrent
+claimers, in any process, never take the same alarm.
+
 Wake-ups cross processes through ``LISTEN``/``NOTIFY``: a batch with notify ops or an
 alarm calls ``pg_notify`` inside its transaction (so delivery follows the commit), and
 one listening connection per driver, in a daemon thread, hands what other drivers
@@ -36,8 +43,9 @@ import psycopg.conninfo
 import psycopg_pool
 from psycopg import sql
 
-from .._errors import StorageError
+from .._errors import StorageError, WriteConflictError
 from ._base import (
+    CHECK,
     CLEAR_ALARM,
     DEFAULT_POLL_INTERVAL,
     DELETE,
@@ -52,6 +60,7 @@ from ._base import (
     LocalNotifier,
     Subscription,
     check_limit,
+    failed_check,
 )
 
 if TYPE_CHECKING:
@@ -144,6 +153,23 @@ class _Queries:
             " ON CONFLICT (workflow_id) DO UPDATE SET at = excluded.at"
         )
         self.clear_alarm = q("DELETE FROM {s}.alarms WHERE workflow_id = %s")
+        # checks (see PostgresDriver._check): reserve absent keys, lock present ones;
+        # both in key order, so two checkers of the same keys cannot deadlock
+        self.reserve = q(
+            "INSERT INTO {s}.kv (key, value)"
+            " SELECT key, ''::bytea FROM unnest(%s::bytea[]) AS key ORDER BY key"
+            " ON CONFLICT (key) DO NOTHING RETURNING key"
+        )
+        self.lock = q(
+            "SELECT key, value FROM {s}.kv WHERE key = ANY(%s) ORDER BY key FOR UPDATE"
+        )
+        self.unreserve = q("DELETE FROM {s}.kv WHERE key = ANY(%s)")
+        self.claim = q(
+            "WITH due AS (SELECT workflow_id, at FROM {s}.alarms WHERE at <= %s"
+            " ORDER BY at, workflow_id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE {s}.alarms AS a SET at = %s FROM due"
+            " WHERE a.workflow_id = due.workflow_id RETURNING a.workflow_id, due.at"
+        )
         self.get_alarm = q("SELECT at FROM {s}.alarms WHERE workflow_id = %s")
         self.alarms = q(
             "SELECT workflow_id, at FROM {s}.alarms ORDER BY at, workflow_id LIMIT %s"
@@ -608,8 +634,14 @@ class PostgresDriver(Driver):
     def _write(self, conn: _Conn, batch: Batch) -> None:
         q = self._queries
         woken: list[str] = []
+        # W1 hot path: pipelined, a plain batch costs one round trip; one with checks
+        # costs two, since the checked values must be back before the ops are sent
         with conn.pipeline(), conn.transaction():
             cursor = conn.cursor()
+            if batch.has_check:
+                reserved = self._check(conn, batch)
+                if reserved:  # back to absent before the ops; the lock stays
+                    cursor.execute(q.unreserve, (reserved,))
             for code, a, b in batch.ops:
                 if code == PUT:
                     cursor.execute(q.put, (a, b))
@@ -628,6 +660,57 @@ class PostgresDriver(Driver):
                 # inside the transaction: PostgreSQL delivers it only on commit
                 for payload in _payloads(self._sender, woken, alarm=batch.sets_alarm):
                     cursor.execute(q.notify, (q.channel, payload))
+
+    def _check(self, conn: _Conn, batch: Batch) -> list[bytes]:
+        """Lock the checked keys until commit, then compare; return keys reserved.
+
+        Raises `WriteConflictError` for the first check (in op order) that fails,
+        which rolls the transaction back: nothing of the batch is applied.
+
+        A present key is locked by ``FOR UPDATE``: a writer that changes or deletes
+        it waits for our commit, and under READ COMMITTED the lock returns the
+        latest committed value, not a stale snapshot's. An absent key has no row to
+        lock, so we insert a placeholder for it (``ON CONFLICT DO NOTHING``: if it
+        is inserted, the key was absent) and `_write` deletes it again before the
+        ops. The placeholder's uncommitted index entry makes every other insert of
+        the key, checked or plain, wait for our commit, so no one can create the key
+        in between. An advisory lock would not do: a plain put does not take it.
+        A key expected absent that is present fails without a lock: nothing of a
+        failed batch is written, so it needs none.
+        """
+        absent: set[bytes] = set()  # keys expected absent
+        present: set[bytes] = set()  # keys expected to hold a value
+        for code, key, value in batch.ops:
+            if code == CHECK:
+                (absent if value is None else present).add(key)
+        # both statements go out in one round trip; rows are locked in key order
+        reserving = conn.cursor()
+        if absent:
+            reserving.execute(self._queries.reserve, (sorted(absent),), binary=True)
+        locking = conn.cursor()
+        if present:
+            locking.execute(self._queries.lock, (sorted(present),), binary=True)
+        reserved = [bytes(key) for (key,) in reserving.fetchall()] if absent else []
+        locked = (
+            {bytes(key): bytes(value) for key, value in locking.fetchall()}
+            if present
+            else {}
+        )
+        now_absent = set(reserved)
+
+        def read(key: bytes) -> bytes | None:
+            if key in now_absent:  # our placeholder: locking reads it as b""
+                return None
+            if key in locked:
+                return locked[key]
+            if key in absent:  # not reserved: another transaction had committed it
+                return b""  # (present; any bytes fail a check for absence)
+            return None
+
+        conflict = failed_check(batch, read)
+        if conflict is not None:
+            raise WriteConflictError(conflict)
+        return reserved
 
     async def get_alarm(self, workflow_id: str) -> float | None:
         """Return the workflow's alarm time, or ``None``."""
@@ -654,6 +737,33 @@ class PostgresDriver(Driver):
             return [Alarm(bytes(wf).decode(), float(at)) for wf, at in rows]
 
         return await self._run("listing alarms", list_alarms)
+
+    async def claim_alarms(
+        self, *, until: float, limit: int, lease_until: float
+    ) -> list[Alarm]:
+        """Take up to *limit* alarms due by *until*, moving each to *lease_until*.
+
+        One statement: ``FOR UPDATE SKIP LOCKED`` passes over alarms that another
+        claimer (or a batch) has locked, so concurrent claimers in any process never
+        take the same alarm. Returns them with their previous times, earliest first.
+        Wakes no alarm subscription: a claim only moves due alarms later, so a
+        worker sleeping until an earlier time at worst wakes once for nothing.
+        """
+        check_limit(limit)
+        if limit == 0:
+            await self._ready()  # a closed driver still refuses
+            return []
+        query = self._queries.claim
+        params = (float(until), limit, float(lease_until))
+
+        def claim_alarms(conn: _Conn) -> list[Alarm]:
+            rows = conn.execute(query, params, binary=True).fetchall()
+            claimed = [Alarm(bytes(wf).decode(), float(at)) for wf, at in rows]
+            # RETURNING has no order; the index orders by bytes, as UTF-8 str does
+            claimed.sort(key=lambda alarm: (alarm.at, alarm.workflow_id))
+            return claimed
+
+        return await self._run("claiming alarms", claim_alarms)
 
     def subscribe(self, workflow_id: str) -> Subscription:
         """Take out a subscription to the workflow's wake-ups, from any process."""

@@ -1,4 +1,4 @@
-"""PostgresDriver only: wake-ups across connections and processes, stores, schema, errors.
+"""PostgresDriver only: wake-ups and races across connections and processes, stores, errors.
 
 The conformance suite (test_drivers.py) covers the protocol; these run against the
 same local PostgreSQL, each in a fresh store that the `postgres_store` fixture drops.
@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 import psycopg
+import psycopg.conninfo
 import pytest
 from psycopg import sql
 
 import durable
-from durable import PostgresDriver, StorageError
+from durable import PostgresDriver, StorageError, WriteConflictError
 from durable._drivers import DEFAULT_POLL_INTERVAL, Alarm, Batch
 from durable._drivers._postgres import SCHEMA_VERSION
 
@@ -27,7 +28,11 @@ from .test_drivers import SAFETY_TIMEOUT, is_woken, nothing
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from psycopg.rows import TupleRow
+
     from durable import Subscription
+
+    _Raw = psycopg.Connection[TupleRow]
 
 SUBPROCESS_TIMEOUT = 60  # seconds; a hang fails the test instead of blocking CI
 FAST_POLL = 0.05  # seconds; for the tests of polling and of reconnecting
@@ -76,6 +81,62 @@ def query(dsn: str, statement: str, *params: object) -> list[tuple[object, ...]]
 
 def schema_exists(dsn: str, store: str) -> bool:
     return bool(query(dsn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", store))
+
+
+@pytest.fixture
+async def raw(postgres_dsn: str, postgres_store: str) -> AsyncIterator[_Raw]:
+    """A plain connection whose transaction stays open: it holds locks, or a put.
+
+    Closed before the store is dropped (it depends on it), so that a test failing
+    while it holds a lock cannot leave the drop waiting for it.
+    """
+
+    def connect() -> _Raw:
+        return psycopg.connect(postgres_dsn)
+
+    conn = await anyio.to_thread.run_sync(connect)
+    try:
+        yield conn
+    finally:
+        await anyio.to_thread.run_sync(conn.close)
+
+
+async def execute(conn: _Raw, statement: str, *params: object) -> None:
+    await anyio.to_thread.run_sync(conn.execute, statement, params)
+
+
+async def wait_for_lock_waiters(dsn: str, store: str, count: int) -> None:
+    """Wait until *count* statements on *store*'s tables wait for a lock."""
+    statement = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE %s"
+    )
+    with anyio.fail_after(SAFETY_TIMEOUT):
+        while True:
+            [(waiting,)] = await anyio.to_thread.run_sync(
+                query, dsn, statement, f'%"{store}".%'
+            )
+            if waiting == count:
+                return
+            await anyio.sleep(0.005)  # polls the server; asserts nothing about time
+
+
+async def attempt(
+    driver: durable.Driver,
+    batch: Batch,
+    outcomes: dict[str, WriteConflictError | None],
+    name: str,
+) -> None:
+    try:
+        await driver.write(batch)
+    except WriteConflictError as exc:
+        outcomes[name] = exc
+    else:
+        outcomes[name] = None
+
+
+LEASE = b"lease"
+GATE = b"gate"
 
 
 class TestWakeUpsFromAnotherDriver:
@@ -188,6 +249,251 @@ class TestWakeUpsFromAnotherDriver:
         with made.subscribe("wf") as subscription:
             async with made:
                 await wait(subscription)
+
+
+class TestChecksUnderConcurrency:
+    async def test_two_drivers_checking_one_lease_at_once_exactly_one_wins(
+        self,
+        driver: PostgresDriver,
+        other: PostgresDriver,
+        raw: _Raw,
+        postgres_dsn: str,
+        postgres_store: str,
+    ) -> None:
+        await driver.set(LEASE, b"old")
+        # hold the row so that both checks are under way before either can finish
+        await execute(
+            raw, f'SELECT 1 FROM "{postgres_store}".kv WHERE key = %s FOR UPDATE', LEASE
+        )
+        outcomes: dict[str, WriteConflictError | None] = {}
+        async with anyio.create_task_group() as tg:
+            for name, made in (("a", driver), ("b", other)):
+                batch = Batch()
+                batch.check(LEASE, b"old")
+                batch.put(LEASE, name.encode())
+                batch.put(b"by-" + name.encode(), b"x")
+                tg.start_soon(attempt, made, batch, outcomes, name)
+            try:
+                await wait_for_lock_waiters(postgres_dsn, postgres_store, 2)
+            finally:  # release the waiters even if the test fails
+                await anyio.to_thread.run_sync(raw.commit)
+        (winner,) = [name for name, error in outcomes.items() if error is None]
+        (loser,) = [error for error in outcomes.values() if error is not None]
+        assert loser.key == LEASE
+        assert await other.get(LEASE) == winner.encode()
+        assert await other.list_prefix(b"by-") == [(b"by-" + winner.encode(), b"x")]
+
+    async def test_many_renewals_of_one_lease_never_both_succeed(
+        self, driver: PostgresDriver, other: PostgresDriver
+    ) -> None:
+        # each round, both drivers try to move the lease from the value they read
+        await driver.set(LEASE, b"0")
+        for round_ in range(20):
+            old = str(round_).encode()
+            outcomes: dict[str, WriteConflictError | None] = {}
+            async with anyio.create_task_group() as tg:
+                for name, made in (("a", driver), ("b", other)):
+                    batch = Batch()
+                    batch.check(LEASE, old)
+                    batch.put(LEASE, str(round_ + 1).encode())
+                    batch.put(b"round-%02d" % round_, name.encode())
+                    tg.start_soon(attempt, made, batch, outcomes, name)
+            assert sorted(error is None for error in outcomes.values()) == [False, True]
+        assert await driver.get(LEASE) == b"20"
+        assert len(await driver.list_prefix(b"round-")) == 20
+
+    async def test_a_put_racing_a_check_for_absence_waits_for_its_commit(
+        self,
+        driver: PostgresDriver,
+        other: PostgresDriver,
+        raw: _Raw,
+        postgres_dsn: str,
+        postgres_store: str,
+    ) -> None:
+        await driver.set(GATE, b"open")
+        await execute(
+            raw, f'SELECT 1 FROM "{postgres_store}".kv WHERE key = %s FOR UPDATE', GATE
+        )
+        checked = Batch()
+        checked.check(LEASE, None)  # locked first, then the gate holds the batch open
+        checked.check(GATE, b"open")
+        checked.put(LEASE, b"checked")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(driver.write, checked)
+            try:
+                await wait_for_lock_waiters(postgres_dsn, postgres_store, 1)
+                tg.start_soon(other.set, LEASE, b"plain")
+                # the plain put cannot create the key between the check and its commit
+                await wait_for_lock_waiters(postgres_dsn, postgres_store, 2)
+            finally:
+                await anyio.to_thread.run_sync(raw.commit)
+        assert await driver.get(LEASE) == b"plain"  # committed second, as it waited
+
+    async def test_a_check_for_absence_fails_once_a_racing_put_commits(
+        self,
+        driver: PostgresDriver,
+        raw: _Raw,
+        postgres_dsn: str,
+        postgres_store: str,
+    ) -> None:
+        await execute(
+            raw, f'INSERT INTO "{postgres_store}".kv VALUES (%s, %s)', LEASE, b"theirs"
+        )
+        checked = Batch()
+        checked.check(LEASE, None)
+        checked.put(LEASE, b"mine")
+        outcomes: dict[str, WriteConflictError | None] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(attempt, driver, checked, outcomes, "mine")
+            try:
+                await wait_for_lock_waiters(postgres_dsn, postgres_store, 1)
+            finally:
+                await anyio.to_thread.run_sync(raw.commit)
+        error = outcomes["mine"]
+        assert error is not None
+        assert error.key == LEASE
+        assert await driver.get(LEASE) == b"theirs"
+
+    async def test_a_check_for_absence_holds_once_a_racing_put_rolls_back(
+        self,
+        driver: PostgresDriver,
+        raw: _Raw,
+        postgres_dsn: str,
+        postgres_store: str,
+    ) -> None:
+        await execute(
+            raw, f'INSERT INTO "{postgres_store}".kv VALUES (%s, %s)', LEASE, b"theirs"
+        )
+        checked = Batch()
+        checked.check(LEASE, None)
+        checked.put(LEASE, b"mine")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(driver.write, checked)
+            try:
+                await wait_for_lock_waiters(postgres_dsn, postgres_store, 1)
+            finally:
+                await anyio.to_thread.run_sync(raw.rollback)
+        assert await driver.get(LEASE) == b"mine"
+
+    async def test_a_check_for_absence_leaves_no_key_behind(
+        self, driver: PostgresDriver
+    ) -> None:
+        await driver.set(GATE, b"open")
+        held = Batch()
+        held.check(b"absent", None)
+        held.put(b"k", b"v")
+        await driver.write(held)
+        failed = Batch()
+        failed.check(b"also-absent", None)
+        failed.check(GATE, b"shut")
+        failed.put(b"k2", b"v")
+        with pytest.raises(WriteConflictError):
+            await driver.write(failed)
+        assert await driver.list_prefix(b"") == [(GATE, b"open"), (b"k", b"v")]
+
+    async def test_checks_for_absence_and_a_value_of_one_key_cannot_both_hold(
+        self, driver: PostgresDriver
+    ) -> None:
+        for stored in (None, b"", b"v"):
+            if stored is not None:
+                await driver.set(b"k", stored)
+            batch = Batch()
+            batch.check(b"k", None)
+            batch.check(b"k", b"")  # the placeholder's own value
+            batch.put(b"written", b"x")
+            with pytest.raises(WriteConflictError):
+                await driver.write(batch)
+            assert await driver.get(b"written") is None
+            assert await driver.get(b"k") == stored
+
+
+ALARM_COUNT = 200
+LEASE_UNTIL = 10_000.0
+
+
+class TestClaimsUnderConcurrency:
+    async def test_concurrent_claimers_on_two_drivers_never_share_an_alarm(
+        self, driver: PostgresDriver, other: PostgresDriver
+    ) -> None:
+        expected = {f"wf-{i:03d}": float(i) for i in range(ALARM_COUNT)}
+        batch = Batch()
+        for workflow_id, at in expected.items():
+            batch.set_alarm(workflow_id, at)
+        await driver.write(batch)
+        claims: list[list[Alarm]] = []
+
+        async def claimer(made: PostgresDriver) -> None:
+            # SKIP LOCKED: an empty claim means the rest is locked by other claimers
+            while claimed := await made.claim_alarms(
+                until=1000.0, limit=3, lease_until=LEASE_UNTIL
+            ):
+                claims.append(claimed)
+
+        async with anyio.create_task_group() as tg:
+            for made in (driver, other) * 3:
+                tg.start_soon(claimer, made)
+        taken = [alarm.workflow_id for claim in claims for alarm in claim]
+        assert len(taken) == len(set(taken)) == ALARM_COUNT  # pairwise disjoint
+        assert {alarm.workflow_id: alarm.at for c in claims for alarm in c} == expected
+        for claim in claims:
+            assert claim == sorted(claim, key=lambda alarm: alarm.at)
+        assert await other.list_alarms(until=1000.0) == []
+        assert await other.list_alarms(until=LEASE_UNTIL, limit=1) == [
+            Alarm("wf-000", LEASE_UNTIL)
+        ]
+
+    async def test_a_locked_alarm_is_skipped_without_waiting(
+        self, raw: _Raw, postgres_dsn: str, postgres_store: str
+    ) -> None:
+        # a claim that waited for the lock fails after lock_timeout instead of hanging
+        dsn = psycopg.conninfo.make_conninfo(
+            postgres_dsn, options=f"-c lock_timeout={SAFETY_TIMEOUT}s"
+        )
+        async with PostgresDriver(dsn, store=postgres_store) as driver:
+            await set_alarm(driver, "busy", 1.0)
+            await set_alarm(driver, "free", 2.0)
+            await execute(
+                raw,
+                f'SELECT 1 FROM "{postgres_store}".alarms WHERE workflow_id = %s'
+                " FOR UPDATE",
+                b"busy",
+            )
+            claimed = await driver.claim_alarms(
+                until=5.0, limit=10, lease_until=LEASE_UNTIL
+            )
+            assert claimed == [Alarm("free", 2.0)]
+            await anyio.to_thread.run_sync(raw.commit)
+            assert await driver.claim_alarms(
+                until=5.0, limit=10, lease_until=LEASE_UNTIL
+            ) == [Alarm("busy", 1.0)]
+
+    async def test_a_claim_wakes_no_alarm_subscription(
+        self, driver: PostgresDriver, other: PostgresDriver
+    ) -> None:
+        # a claim only moves due alarms later: no sleeping worker needs waking
+        await set_alarm(driver, "wf", 1.0)
+        with other.subscribe("ready") as ready:
+            await notify(driver, "ready")
+            await wait(ready)  # so the alarm's own wake-up has arrived too
+        with (
+            driver.subscribe_alarms() as ours,
+            other.subscribe_alarms() as theirs,
+            other.subscribe("end") as end,
+        ):
+            claimed = await driver.claim_alarms(until=5.0, limit=10, lease_until=50.0)
+            assert claimed == [Alarm("wf", 1.0)]
+            await notify(driver, "end")
+            await wait(end)
+            assert not await is_woken(ours, nothing)
+            assert not await is_woken(theirs, nothing)
+
+    async def test_a_claim_on_a_closed_driver_is_refused(
+        self, driver: PostgresDriver
+    ) -> None:
+        await driver.close()
+        for limit in (0, 5):
+            with pytest.raises(StorageError, match="closed"):
+                await driver.claim_alarms(until=1.0, limit=limit, lease_until=2.0)
 
 
 class TestListenerRecovery:
