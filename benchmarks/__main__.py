@@ -35,7 +35,7 @@ Workload = Callable[["Bench"], Awaitable[dict[str, Any]]]
 WORKLOADS: dict[str, Workload] = {}
 ONLY_ON: dict[str, set[str]] = {}  # workload -> the drivers it needs, if not every one
 DRIVERS = ("leveldb", "memory", "postgres")
-PostgresT = TypeVar("PostgresT", bound=durable.PostgresDriver)
+PostgresT = TypeVar("PostgresT", bound=postgres.MeasuredPostgresDriver)
 PARKED = 10**9  # seconds: a sleep that parks a workflow so a later run replays it
 
 
@@ -86,6 +86,8 @@ class Bench:
         self.pool_size = pool_size  # None: PostgresDriver's default
         self._count = 0
         self._stores: list[str] = []
+        self._drivers: list[postgres.MeasuredPostgresDriver] = []
+        self.raw_backend_seconds = 0.0
 
     def n(self, default: int) -> int:
         return self.n_override or default
@@ -103,20 +105,30 @@ class Bench:
         if self.driver_name == "memory":
             return durable.MemoryDriver()
         if self.driver_name == "postgres":
-            return self.postgres(durable.PostgresDriver)
+            return self.postgres(postgres.MeasuredPostgresDriver)
         return durable.LevelDBDriver(self.path(), sync=self.sync)
 
     def postgres(self, cls: type[PostgresT]) -> PostgresT:
         """A *cls* driver on a new store, with --pool-size if given."""
         if self.pool_size is None:
-            return cls(self.dsn, store=self.store())
-        return cls(self.dsn, store=self.store(), pool_size=self.pool_size)
+            made = cls(self.dsn, store=self.store())
+        else:
+            made = cls(self.dsn, store=self.store(), pool_size=self.pool_size)
+        self._drivers.append(made)
+        return made
+
+    def backend_seconds(self) -> float:
+        """CPU seconds of the server backends of every driver made since last time
+        (each measures its own as it closes), and of W0's raw connection."""
+        drivers, self._drivers = self._drivers, []
+        raw, self.raw_backend_seconds = self.raw_backend_seconds, 0.0
+        return raw + sum(driver.backend_seconds for driver in drivers)
 
     async def cleanup(self) -> None:
         """Drop the PostgreSQL stores made since the last cleanup."""
         stores, self._stores = self._stores, []
         for store in stores:
-            await anyio.to_thread.run_sync(postgres.drop_store, self.dsn, store)
+            await postgres.drop_store_after(self.dsn, store)
 
 
 def steps_workflow(
@@ -165,7 +177,7 @@ async def w0(bench: Bench) -> dict[str, Any]:
         pg_recorder = bench.postgres(postgres.RecordingPostgresDriver)
         async with pg_recorder:
             await run_steps(pg_recorder, "w1", n, park=False)
-        seconds = await anyio.to_thread.run_sync(
+        seconds, bench.raw_backend_seconds = await anyio.to_thread.run_sync(
             postgres.write_raw, bench.dsn, bench.store(), pg_recorder.batches
         )
         return {
@@ -415,18 +427,22 @@ async def main_async(args: argparse.Namespace) -> int:
                 # cost
                 gc.collect()
                 # on PostgreSQL, where the CPU went
-                postgres_run = driver_name == "postgres"
-                before = postgres.cpu_snapshot() if postgres_run else None
+                measure = driver_name == "postgres"
+                machine = postgres.machine_jiffies()
                 cpu, wall = time.process_time(), time.perf_counter()
                 try:
                     figures = await WORKLOADS[name](bench)
                 finally:
                     await bench.cleanup()
-                if before is not None:
+                if measure:
                     wall = time.perf_counter() - wall
-                    load = postgres.cpu_between(before, postgres.cpu_snapshot(), wall)
-                    load["bench_cores"] = round((time.process_time() - cpu) / wall, 3)
-                    figures["extra"]["load"] = load
+                    figures["extra"]["load"] = {
+                        "machine_busy": postgres.machine_busy(
+                            machine, postgres.machine_jiffies()
+                        ),
+                        "postgres_cores": round(bench.backend_seconds() / wall, 3),
+                        "bench_cores": round((time.process_time() - cpu) / wall, 3),
+                    }
                 seconds = figures["seconds"]
                 per_sec = (
                     figures.pop("per_sec_override", None) or figures["n"] / seconds

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-import attrs
 import psycopg
 import psycopg.conninfo
 from psycopg import sql
@@ -35,6 +35,7 @@ DSN_ENV = "DURABLE_POSTGRES_DSN"
 DEFAULT_DSN = "host=127.0.0.1 dbname=test"
 """TCP to the local server, as the current OS user (CI: trust auth, user root)."""
 
+SUITE = "durable-bench"  # application_name of the suite's own measuring connections
 Puts = list[tuple[bytes, bytes]]
 
 
@@ -55,6 +56,12 @@ def session_dsn(dsn: str, *, sync: bool) -> str:
     return psycopg.conninfo.make_conninfo(dsn, options=options)
 
 
+def store_dsn(dsn: str, store: str) -> str:
+    """*dsn* for the drivers of *store*: their backends are named after it, so
+    `backend_seconds` finds them (and only them) in pg_stat_activity."""
+    return psycopg.conninfo.make_conninfo(dsn, application_name=store)
+
+
 def new_store() -> str:
     """``bench_<pid>_<random>``: whose it is shows in the name, if one is left over."""
     return f"bench_{os.getpid()}_{secrets.token_hex(4)}"
@@ -67,11 +74,42 @@ def drop_store(dsn: str, store: str) -> None:
         )
 
 
-class RecordingPostgresDriver(durable.PostgresDriver):
+async def drop_store_after(dsn: str, store: str) -> None:
+    """Drop *store* when its workload is over; failing, say so instead of raising
+    (so an error of the workload itself is the one that shows)."""
+    try:
+        await anyio.to_thread.run_sync(drop_store, dsn, store)
+    except psycopg.Error as exc:
+        print(f"could not drop store {store}: {exc}", file=sys.stderr)
+
+
+class MeasuredPostgresDriver(durable.PostgresDriver):
+    """A PostgresDriver whose backends say how much CPU they used, when it closes."""
+
+    def __init__(self, dsn: str, *, store: str, **kwargs: Any) -> None:
+        self.dsn = store_dsn(dsn, store)
+        super().__init__(self.dsn, store=store, **kwargs)
+        self.backend_seconds = 0.0  # CPU seconds of its server backends, once closed
+        self._measured = False
+
+    async def close(self) -> None:
+        if not self._measured:
+            self._measured = True
+            try:
+                measured = await anyio.to_thread.run_sync(
+                    backend_seconds, self.dsn, self.store
+                )
+            except psycopg.Error:
+                measured = None  # the server is gone: close anyway, unmeasured
+            self.backend_seconds = measured or 0.0
+        await super().close()
+
+
+class RecordingPostgresDriver(MeasuredPostgresDriver):
     """A PostgresDriver that remembers the puts of every batch it writes (for W0)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, dsn: str, *, store: str, **kwargs: Any) -> None:
+        super().__init__(dsn, store=store, **kwargs)
         self.batches: list[Puts] = []
 
     async def write(self, batch: durable.Batch) -> None:
@@ -79,11 +117,12 @@ class RecordingPostgresDriver(durable.PostgresDriver):
         await super().write(batch)
 
 
-def write_raw(dsn: str, store: str, batches: Sequence[Puts]) -> float:
-    """W0 on PostgreSQL: each batch's puts as one pipelined transaction; seconds.
+def write_raw(dsn: str, store: str, batches: Sequence[Puts]) -> tuple[float, float]:
+    """W0 on PostgreSQL: each batch's puts as one pipelined transaction.
 
     The same statement and pipelining as `PostgresDriver`'s writes, on one
     connection in this thread: what is left is the server's round trip and commit.
+    Returns the seconds it took and the CPU seconds its server backend used.
     """
     schema = sql.Identifier(store)
     put = (
@@ -94,6 +133,7 @@ def write_raw(dsn: str, store: str, batches: Sequence[Puts]) -> float:
         .format(schema)
         .as_string()
     )
+    dsn = store_dsn(dsn, store)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
         conn.execute(
@@ -107,81 +147,81 @@ def write_raw(dsn: str, store: str, batches: Sequence[Puts]) -> float:
                 cursor = conn.cursor()
                 for key, value in puts:
                     cursor.execute(put, (key, value))
-        return time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return seconds, backend_seconds(dsn, store) or 0.0
 
 
 # --- load: where the time goes while worker processes run ---------------------------
 
 
-@attrs.frozen
-class CpuSnapshot:
-    """Jiffies: the machine's busy and total, and every local postgres process's."""
-
-    busy: int
-    total: int
-    postgres: int  # with the exited backends the postmaster reaped (its cutime)
-
-
-def cpu_snapshot() -> CpuSnapshot | None:
-    """Read /proc (Linux); None elsewhere."""
+def machine_jiffies() -> tuple[int, int] | None:
+    """The machine's busy and total CPU time so far, in ticks (Linux); else None."""
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
     except OSError:
         return None
     idle = fields[3] + fields[4]  # idle + iowait
-    postgres = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy(
+    before: tuple[int, int] | None, after: tuple[int, int] | None
+) -> float | None:
+    """The share of all cores busy between two `machine_jiffies` (others' work too)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
+def backend_seconds(dsn: str, application_name: str) -> float | None:
+    """CPU seconds used so far by the server backends named *application_name*.
+
+    Reads /proc, so it sees a server on this machine only; None for another one.
+    """
+    with psycopg.connect(dsn, autocommit=True, application_name=SUITE) as conn:
+        pids = [
+            int(pid)
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                (application_name,),
+            )
+        ]
+    ticks, found = 0, False
+    for pid in pids:
         try:
-            stat = (entry / "stat").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
-            continue  # exited meanwhile
-        name, rest = stat[stat.index("(") + 1 :].split(")", 1)
-        if name.startswith("postgres"):  # utime, stime, cutime, cstime
-            postgres += sum(int(field) for field in rest.split()[11:15])
-    return CpuSnapshot(sum(fields) - idle, sum(fields), postgres)
-
-
-def cpu_between(
-    before: CpuSnapshot | None, after: CpuSnapshot | None, seconds: float
-) -> dict[str, float]:
-    """Machine busy share (of all cores) and local PostgreSQL CPU in cores."""
-    if before is None or after is None or after.total <= before.total:
-        return {}
-    tick = os.sysconf("SC_CLK_TCK")
-    spent = after.postgres - before.postgres
-    return {
-        "machine_busy": round(
-            (after.busy - before.busy) / (after.total - before.total), 3
-        ),
-        "postgres_cores": round(spent / tick / seconds, 3),
-    }
+            continue  # not on this machine, or gone meanwhile
+        found = True
+        utime, stime = stat[stat.rindex(")") + 2 :].split()[11:13]
+        ticks += int(utime) + int(stime)
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
 
 ACTIVITY = (
     "SELECT CASE WHEN state = 'active' THEN coalesce(wait_event_type, 'CPU')"
     " ELSE state END, count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND backend_type = 'client backend'"
-    " AND pid <> pg_backend_pid() AND state <> 'idle' GROUP BY 1"
+    " WHERE application_name = %s AND state <> 'idle' GROUP BY 1"
 )
 
 
 async def sample_activity(
-    dsn: str, done: anyio.Event, every: float = 0.05
+    dsn: str, store: str, done: anyio.Event, every: float = 0.05
 ) -> dict[str, float]:
-    """Sample pg_stat_activity until *done*: mean backends per state or wait.
+    """Sample the backends of *store*'s drivers until *done*: mean count per state.
 
     ``CPU`` is running (no wait), ``IO``/``Lock``/``LWLock`` are waits, ``Client``
     is reading the next statement, ``idle in transaction`` waits for the client.
     """
-    conn = await anyio.to_thread.run_sync(lambda: psycopg.connect(dsn, autocommit=True))
+    conn = await anyio.to_thread.run_sync(
+        lambda: psycopg.connect(dsn, autocommit=True, application_name=SUITE)
+    )
     totals: Counter[str] = Counter()
     samples = 0
     try:
         while not done.is_set():
             rows = await anyio.to_thread.run_sync(
-                lambda: conn.execute(ACTIVITY).fetchall()
+                lambda: conn.execute(ACTIVITY, (store,)).fetchall()
             )
             samples += 1
             for state, count in rows:
