@@ -8,6 +8,7 @@ taken in one run, never absolute times.
     python -m benchmarks --only W0,W1,W2 --n 2000
     python -m benchmarks --driver memory --sync
     python -m benchmarks --driver leveldb,postgres --only W0,W1,W3,W6
+    python -m benchmarks --driver postgres --only W3w --workers 1,2,4
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import plyvel
 
 import durable
 
-from . import postgres
+from . import postgres, scaling
 
 Workload = Callable[["Bench"], Awaitable[dict[str, Any]]]
 WORKLOADS: dict[str, Workload] = {}
@@ -74,6 +75,7 @@ class Bench:
         *,
         sync: bool,
         dsn: str,
+        workers: list[int],
         backend: str,
         pool_size: int | None,
     ) -> None:
@@ -82,6 +84,7 @@ class Bench:
         self.n_override = n
         self.sync = sync
         self.dsn = postgres.session_dsn(dsn, sync=sync)
+        self.workers = workers
         self.backend = backend
         self.pool_size = pool_size  # None: PostgresDriver's default
         self._count = 0
@@ -342,6 +345,20 @@ async def w6(bench: Bench) -> dict[str, Any]:
     return {"n": n, "seconds": seconds, "extra": {}}
 
 
+@workload("W3w", only_on={"postgres"})
+async def w3w(bench: Bench) -> dict[str, Any]:
+    """W3's n workflows x 10 steps, run by K worker processes sharing one store,
+    for each K of --workers (see benchmarks/scaling.py)."""
+    return await scaling.w3w(
+        bench.dsn,
+        bench.n(1000),
+        bench.workers,
+        lease=scaling.DEFAULT_LEASE,
+        backend=bench.backend,
+        pool_size=bench.pool_size,
+    )
+
+
 @workload("W7")
 async def w7(bench: Bench) -> dict[str, Any]:
     """Replay-cost growth: replay time of a 100x larger history over a small one.
@@ -417,6 +434,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.n,
                 sync=args.sync,
                 dsn=args.dsn,
+                workers=args.workers,
                 backend=args.backend,
                 pool_size=args.pool_size,
             )
@@ -426,8 +444,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 # the imports or the workloads before it: collecting them is not its
                 # cost
                 gc.collect()
-                # on PostgreSQL, where the CPU went
-                measure = driver_name == "postgres"
+                # on PostgreSQL, where the CPU went (W3w measures its own, per K)
+                measure = driver_name == "postgres" and name != "W3w"
                 machine = postgres.machine_jiffies()
                 cpu, wall = time.process_time(), time.perf_counter()
                 try:
@@ -476,6 +494,18 @@ def _drivers(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _workers(text: str) -> list[int]:
+    try:
+        counts = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(
+            f"--workers takes process counts >= 1 such as 1,2,4, not {text!r}"
+        )
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.splitlines()[0]
@@ -498,6 +528,12 @@ def main() -> int:
         "--pool-size",
         type=int,
         help="PostgresDriver pool_size, in every process (default: the driver's)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=[1, 2, 4],
+        help="W3w: worker process counts, one measurement each (default 1,2,4)",
     )
     parser.add_argument(
         "--sync",

@@ -110,3 +110,44 @@ def test_every_single_process_workload_runs_on_postgres(postgres_dsn: str) -> No
     assert by_name["W2"]["extra"]["executed"] == 0
     assert by_name["W0"]["n"] >= 20  # W1's batches, replayed raw through psycopg
     assert stores_left_by(postgres_dsn, pid) == []
+
+
+def test_w3w_runs_workflows_once_across_worker_processes(postgres_dsn: str) -> None:
+    pid, [line] = run_suite_process(
+        "--driver",
+        "postgres",
+        "--dsn",
+        postgres_dsn,
+        "--only",
+        "W3w",
+        "--n",
+        "20",
+        "--workers",
+        "2,1",
+    )
+    assert line["workload"] == "W3w"
+    assert line["driver"] == "postgres"
+    extra = line["extra"]
+    assert extra["workers"] == [1, 2]
+    assert set(extra["by_workers"]) == {"1", "2"}
+    assert extra["by_workers"]["1"]["ratio"] == 1.0
+    for k, figures in extra["by_workers"].items():
+        # the suite itself fails unless every workflow completed once, with its output
+        assert sum(figures["workflows_by_worker"]) == 20
+        assert len(figures["workflows_by_worker"]) == int(k)
+        assert figures["per_sec"] > 0
+    assert line["per_sec"] == extra["by_workers"]["2"]["per_sec"]
+    assert stores_left_by(postgres_dsn, pid) == []
+
+
+def test_w3w_needs_postgres() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "W3w"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "W3w runs only on --driver postgres" in done.stderr
