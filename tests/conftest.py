@@ -25,14 +25,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 # The local PostgreSQL that .ci/run starts: trust auth, user root, database test.
 POSTGRES_DSN = os.environ.get("DURABLE_TEST_POSTGRES_DSN", "dbname=test user=root")
 
-# The driver conformance suite (test_drivers.py) runs on every driver. The engine
-# suites use the embedded drivers unless DURABLE_TEST_ENGINE_DRIVERS names more:
-# on PostgreSQL they take minutes longer (a 100,000-iteration loop commits 100,000
-# transactions) and race tests on jump clocks assume storage without latency.
+# Every suite that takes the `driver` fixture runs on every driver, PostgreSQL too. A
+# test marked `embedded_only` skips PostgreSQL: it makes so many commits that it
+# would take minutes there (a 100,000-iteration loop commits 100,000 transactions)
+# while testing nothing the driver changes. DURABLE_TEST_ENGINE_DRIVERS narrows the
+# engine suites (e.g. "memory" for a quick local run).
 DRIVERS = ["memory", "leveldb", "postgres"]
-ENGINE_DRIVERS = os.environ.get("DURABLE_TEST_ENGINE_DRIVERS", "memory,leveldb").split(
-    ","
-)
+ENGINE_DRIVERS = os.environ.get(
+    "DURABLE_TEST_ENGINE_DRIVERS", "memory,leveldb,postgres"
+).split(",")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -79,6 +80,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ):
         conformance = metafunc.definition.path.name == "test_drivers.py"
         names = DRIVERS if conformance else ENGINE_DRIVERS
+        if metafunc.definition.get_closest_marker("embedded_only"):
+            names = [name for name in names if name != "postgres"]
         metafunc.parametrize("driver", names, indirect=True)
 
 

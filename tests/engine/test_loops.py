@@ -498,6 +498,7 @@ class TestOptions:
 
 
 class TestBoundedHistory:
+    @pytest.mark.embedded_only  # 100,000 commits: minutes on PostgreSQL
     async def test_a_100000_iteration_loop_keeps_a_bounded_number_of_keys(
         self, driver: durable.Driver
     ) -> None:
