@@ -246,7 +246,7 @@ class TestScheduling:
 
     async def test_finding_due_work_reads_only_what_is_due(self) -> None:
         """10,000 far-off alarms: a pass reads a handful of alarms, not 10,000."""
-        driver = _CountingDriver(durable.MemoryDriver())
+        driver = _CountingDriver()
         batch = durable.Batch()
         for i in range(10_000):
             batch.set_alarm(f"later-{i}", 4_000_000_000.0 + i)
@@ -262,7 +262,7 @@ class TestScheduling:
         assert driver.alarms_read <= 5 * 2 * (5 + 2), driver.alarms_read
 
     async def test_an_idle_worker_reads_nothing(self) -> None:
-        driver = _CountingDriver(durable.MemoryDriver())
+        driver = _CountingDriver()
         calls, log = Calls(), []
         clock = TestClock()
         async with durable.Worker(driver, [make_sleeper(calls, log)], clock=clock) as w:
@@ -448,18 +448,17 @@ class TestSteering:
                     await worker.run()
 
 
-class _CountingDriver(durable.Driver):
-    """Delegates to *inner*, counting reads and the alarms listed."""
+class _CountingDriver(durable.MemoryDriver):
+    """A MemoryDriver that counts reads and the alarms it lists."""
 
-    def __init__(self, inner: durable.Driver) -> None:
-        super().__init__(poll_interval=inner.poll_interval)
-        self.inner = inner
+    def __init__(self) -> None:
+        super().__init__()
         self.reads = 0
         self.alarms_read = 0
 
     async def get(self, key: bytes) -> bytes | None:
         self.reads += 1
-        return await self.inner.get(key)
+        return await super().get(key)
 
     async def list_range(
         self,
@@ -470,28 +469,16 @@ class _CountingDriver(durable.Driver):
         reverse: bool = False,
     ) -> list[tuple[bytes, bytes]]:
         self.reads += 1
-        return await self.inner.list_range(start, end, limit=limit, reverse=reverse)
-
-    async def write(self, batch: durable.Batch) -> None:
-        await self.inner.write(batch)
+        return await super().list_range(start, end, limit=limit, reverse=reverse)
 
     async def get_alarm(self, workflow_id: str) -> float | None:
         self.reads += 1
-        return await self.inner.get_alarm(workflow_id)
+        return await super().get_alarm(workflow_id)
 
     async def list_alarms(
         self, *, until: float | None = None, limit: int | None = None
     ) -> list[durable.Alarm]:
         self.reads += 1
-        alarms = await self.inner.list_alarms(until=until, limit=limit)
+        alarms = await super().list_alarms(until=until, limit=limit)
         self.alarms_read += len(alarms)
         return alarms
-
-    def subscribe(self, workflow_id: str) -> durable.Subscription:
-        return self.inner.subscribe(workflow_id)
-
-    def subscribe_alarms(self) -> durable.Subscription:
-        return self.inner.subscribe_alarms()
-
-    async def close(self) -> None:
-        await self.inner.close()
