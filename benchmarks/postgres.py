@@ -199,7 +199,8 @@ def backend_seconds(dsn: str, application_name: str) -> float | None:
 
 
 ACTIVITY = (
-    "SELECT CASE WHEN state = 'active' THEN coalesce(wait_event_type, 'CPU')"
+    "SELECT CASE WHEN state = 'active'"
+    " THEN coalesce(wait_event_type || ':' || wait_event, 'CPU')"
     " ELSE state END, count(*) FROM pg_stat_activity"
     " WHERE application_name = %s AND state <> 'idle' GROUP BY 1"
 )
@@ -210,8 +211,9 @@ async def sample_activity(
 ) -> dict[str, float]:
     """Sample the backends of *store*'s drivers until *done*: mean count per state.
 
-    ``CPU`` is running (no wait), ``IO``/``Lock``/``LWLock`` are waits, ``Client``
-    is reading the next statement, ``idle in transaction`` waits for the client.
+    ``CPU`` is running (no wait); ``type:event`` is a wait (``Client:ClientRead``:
+    for the next statement of a pipeline, ``LWLock:WALWrite``: for the WAL, ...);
+    ``idle in transaction`` is between two round trips of one transaction.
     """
     conn = await anyio.to_thread.run_sync(
         lambda: psycopg.connect(dsn, autocommit=True, application_name=SUITE)
