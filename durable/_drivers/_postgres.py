@@ -183,8 +183,13 @@ class _Queries:
         self.listen = sql.SQL("LISTEN {}").format(sql.Identifier(self.channel))
 
 
-def _ensure_schema(conn: _Conn, queries: _Queries, store: str, where: str) -> None:
-    """Create the store's schema, or migrate it, unless it is newer than this code."""
+def _ensure_schema(
+    conn: _Conn, queries: _Queries, store: str, where: str
+) -> int | None:
+    """Create the store's schema, or migrate it, unless it is newer than this code.
+
+    Returns the version the store had before, or ``None`` if it had no schema.
+    """
     lock = int.from_bytes(
         hashlib.blake2b(f"durable:{store}".encode(), digest_size=8).digest(),
         "big",
@@ -213,7 +218,7 @@ def _ensure_schema(conn: _Conn, queries: _Queries, store: str, where: str) -> No
             for statement in queries.create:
                 conn.execute(statement)
             conn.execute(queries.insert_version, (SCHEMA_VERSION,))
-            return
+            return None
         row = conn.execute(queries.read_version).fetchone()
         if row is None:
             raise StorageError(
@@ -238,6 +243,18 @@ def _ensure_schema(conn: _Conn, queries: _Queries, store: str, where: str) -> No
                 conn.execute(statement)
         if version < SCHEMA_VERSION:
             conn.execute(queries.set_version, (SCHEMA_VERSION,))
+        return version
+
+
+def _read_schema_version(conn: _Conn, queries: _Queries, store: str) -> int | None:
+    """The store's schema version, or ``None`` if it has none; reads only."""
+    found = conn.execute(
+        "SELECT to_regclass(%s)", (f'"{store}".schema_version',)
+    ).fetchone()
+    if found is None or found[0] is None:
+        return None
+    row = conn.execute(queries.read_version).fetchone()
+    return None if row is None else int(row[0])
 
 
 def _reason(exc: psycopg.Error) -> str:
@@ -544,6 +561,16 @@ class PostgresDriver(Driver):
             conn.close()
         return pool, (conn if listening else None)
 
+    def _once(self, doing: str, fn: Callable[[_Conn], T]) -> T:
+        """Run *fn* on a connection of its own (no pool, no LISTEN), then close it."""
+        conn = self._connect()
+        try:
+            return fn(conn)
+        except psycopg.Error as exc:
+            raise self._error(doing, exc) from exc
+        finally:
+            conn.close()
+
     def _error(self, doing: str, exc: psycopg.Error) -> StorageError:
         if isinstance(exc, psycopg_pool.PoolClosed):
             return StorageError(
@@ -809,3 +836,43 @@ class PostgresDriver(Driver):
             pool.close()
 
         await anyio.to_thread.run_sync(shut_down)
+
+
+# --- the schema alone (for ``durable migrate``) -------------------------------------
+
+
+def migrate_store(
+    dsn: str,
+    *,
+    store: str = DEFAULT_STORE,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> int | None:
+    """Create *store*'s schema, or migrate it to `SCHEMA_VERSION`, and nothing else.
+
+    The same as a `PostgresDriver` does when it opens (under the same advisory lock),
+    over one connection, blocking. Returns the version the store had before, or
+    ``None`` if it was created. Raises what the driver raises: ``ValueError`` for a
+    bad *dsn* or *store*, `StorageError` for the rest (a newer store too).
+    """
+    driver = PostgresDriver(dsn, store=store, connect_timeout=connect_timeout)
+    return driver._once(
+        "setting up the store",
+        lambda conn: _ensure_schema(conn, driver._queries, driver.store, driver._where),
+    )
+
+
+def read_store_version(
+    dsn: str,
+    *,
+    store: str = DEFAULT_STORE,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> int | None:
+    """The schema version of *store*, or ``None`` if it has none; reads only.
+
+    Over one connection, blocking; raises as `migrate_store` does.
+    """
+    driver = PostgresDriver(dsn, store=store, connect_timeout=connect_timeout)
+    return driver._once(
+        "reading the schema version",
+        lambda conn: _read_schema_version(conn, driver._queries, driver.store),
+    )
