@@ -2,7 +2,9 @@
 
 Store-mode tests call `main` on a LevelDB store prepared with real runs (on both anyio
 backends). The subprocess tests run ``python -m durable worker`` on a store, with and
-without ``--http``, and drive the server with the CLI's ``--url`` commands.
+without ``--http``, and drive the server with the CLI's ``--url`` commands. The last
+section does the same on PostgreSQL stores (``--postgres``), where workers share the
+store with each other and with store-mode commands, and tests ``durable migrate``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import psycopg
 import pytest
+from psycopg import sql
 
 import durable
 from durable._cli import ExitCode, load_workflows, main, step_path
+from durable._cli._location import PostgresStore, choose_store
+from durable._drivers import _postgres
+from durable._drivers._postgres import (
+    DEFAULT_STORE,
+    SCHEMA_VERSION,
+    read_store_version,
+)
 from durable._json import history_json, info_json, page_json
 
 if TYPE_CHECKING:
@@ -86,6 +97,13 @@ workflows = [greet, boom, batches, plain]
 by_name = {"greet": greet, "twice": plain}
 """
 APP_SPEC = "tests_app:workflows"
+ENV_VARS = (
+    "DURABLE_URL",
+    "DURABLE_TOKEN",
+    "DURABLE_STORE",
+    "DURABLE_POSTGRES",
+    "DURABLE_PG_STORE",
+)
 TIMEOUT = 10.0  # seconds a subprocess may take to get ready or to stop
 
 
@@ -95,7 +113,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]
     (tmp_path / "tests_app.py").write_text(APP, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TESTS_APP_LOG", str(tmp_path / "steps.log"))
-    for name in ("DURABLE_URL", "DURABLE_TOKEN", "DURABLE_STORE"):
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     sys.modules.pop("tests_app", None)
@@ -110,28 +128,29 @@ def store(app: ModuleType, tmp_path: Path, anyio_backend: str) -> Path:
 
     async def prepare() -> None:
         async with durable.LevelDBDriver(path) as driver:
-
-            def run(
-                workflow_id: str, name: str, input: object
-            ) -> durable.WorkflowHandle:
-                fn = getattr(app, name)
-                return durable.run_workflow(
-                    workflow_id, fn, input, driver=driver, mode="yield"
-                )
-
-            done = run("done", "greet", "ada")
-            await done.message("reply", "hi")
-            await done.result()
-            await run("waiting", "greet", "bob").result()
-            with pytest.raises(durable.WorkflowFailedError):
-                await run("broken", "boom", "bad input").result()
-            await run("napping", "batches", 3).result()
-            gone = run("gone", "greet", "cy")
-            await gone.result()
-            await gone.cancel()
+            await _write_one_in_each_state(driver, app)
 
     anyio.run(prepare, backend=anyio_backend)
     return path
+
+
+async def _write_one_in_each_state(driver: durable.Driver, app: ModuleType) -> None:
+    """done (completed), waiting and napping (sleeping), broken, gone (cancelled)."""
+
+    def run(workflow_id: str, name: str, input: object) -> durable.WorkflowHandle:
+        fn = getattr(app, name)
+        return durable.run_workflow(workflow_id, fn, input, driver=driver, mode="yield")
+
+    done = run("done", "greet", "ada")
+    await done.message("reply", "hi")
+    await done.result()
+    await run("waiting", "greet", "bob").result()
+    with pytest.raises(durable.WorkflowFailedError):
+        await run("broken", "boom", "bad input").result()
+    await run("napping", "batches", 3).result()
+    gone = run("gone", "greet", "cy")
+    await gone.result()
+    await gone.cancel()
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -563,6 +582,23 @@ class TestUsage:
             ["worker", "tests_app:_log"],
             ["worker", APP_SPEC, "--http", "nowhere"],
             ["worker", APP_SPEC, "--token", "t"],
+            # PostgreSQL stores: all refused before anything connects
+            ["list", "--store", "s", "--postgres", "dbname=test"],
+            ["list", "--url", "http://127.0.0.1:1", "--postgres", "dbname=test"],
+            ["list", "--url", "http://127.0.0.1:1", "--pg-store", "s"],
+            ["list", "--pg-store", "s"],
+            ["list", "--postgres", "dbname=test", "--token", "t"],
+            ["list", "--postgres", "not a dsn"],
+            ["show", "x", "--postgres", "dbname=test", "--pg-store", "pg_s"],
+            ["worker", APP_SPEC, "--store", "s", "--postgres", "dbname=test"],
+            ["worker", APP_SPEC, "--pg-store", "s"],
+            ["worker", APP_SPEC, "--postgres", "dbname=test", "--pg-store", "Bad"],
+            ["worker", APP_SPEC, "--lease", "0"],
+            ["worker", APP_SPEC, "--lease", "inf"],
+            ["migrate"],
+            ["migrate", "--store", "s"],
+            ["migrate", "--url", "http://127.0.0.1:1", "--postgres", "dbname=test"],
+            ["migrate", "--postgres", "dbname=test", "--pg-store", "Bad"],
         ],
     )
     def test_bad_arguments_are_usage_errors(
@@ -661,7 +697,7 @@ class _Process:
 
     def __init__(self, cwd: Path, *argv: str) -> None:
         env = {**os.environ, "TESTS_APP_LOG": str(cwd / "steps.log")}
-        for name in ("DURABLE_URL", "DURABLE_TOKEN", "DURABLE_STORE"):
+        for name in ENV_VARS:
             env.pop(name, None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "durable", *argv],
@@ -745,7 +781,9 @@ def test_worker_stops_gracefully_on_sigterm_and_its_workflows_resume(
     args = ["start", "greet", "w1", '"ada"', "--app", APP_SPEC, "--store", store]
     assert cli(capsys, *args)[0] == ExitCode.OK
     with running(tmp_path, "worker", APP_SPEC, "--store", store) as worker:
-        worker.wait_for("worker on the store")  # logged once the store is open
+        line = worker.wait_for(" runs ")  # logged once the store is open
+        assert f"on the store at {store} runs " in line
+        assert "leased" not in line  # a LevelDB store has one worker: no lease
         log = tmp_path / "steps.log"
         _poll(lambda: log.exists() and "hello ada" in log.read_text("utf-8"))
         assert worker.stop() == ExitCode.OK
@@ -873,3 +911,273 @@ class TestServer:
         )
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             assert json.loads(out) == json.loads(response.read())
+
+
+# --- PostgreSQL stores --------------------------------------------------------------
+
+
+@pytest.fixture
+def pg(app: ModuleType, postgres_dsn: str, postgres_store: str) -> list[str]:
+    """The options that name a fresh PostgreSQL store (dropped after the test)."""
+    return ["--postgres", postgres_dsn, "--pg-store", postgres_store]
+
+
+@pytest.fixture
+def pg_full(
+    app: ModuleType,
+    pg: list[str],
+    postgres_dsn: str,
+    postgres_store: str,
+    anyio_backend: str,
+) -> list[str]:
+    """`pg`, holding one workflow in each state, written by real runs."""
+
+    async def prepare() -> None:
+        async with durable.PostgresDriver(postgres_dsn, store=postgres_store) as driver:
+            await _write_one_in_each_state(driver, app)
+
+    anyio.run(prepare, backend=anyio_backend)
+    return pg
+
+
+def pg_schema_version(dsn: str, store: str, version: int | None = None) -> int | None:
+    """The store's schema_version row, after setting it to *version* if given."""
+    table = sql.SQL("{}.schema_version").format(sql.Identifier(store))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if version is not None:
+            conn.execute(sql.SQL("UPDATE {} SET version = %s").format(table), [version])
+        row = conn.execute(sql.SQL("SELECT version FROM {}").format(table)).fetchone()
+    return None if row is None else int(row[0])
+
+
+class TestStoreModeOnPostgres:
+    def test_lists_shows_and_draws_the_history(
+        self, pg_full: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, out, _ = cli(capsys, "list", *pg_full)
+        assert code == ExitCode.OK
+        states = {row.split()[0]: row.split()[2] for row in out.splitlines()[1:]}
+        assert states == {
+            "done": "completed",
+            "waiting": "sleeping",
+            "broken": "failed",
+            "napping": "sleeping",
+            "gone": "cancelled",
+        }
+        code, out, _ = cli(capsys, "show", "waiting", *pg_full)
+        assert code == ExitCode.OK
+        assert "waiting   messages reply" in out
+        code, out, _ = cli(capsys, "history", "napping", *pg_full)
+        assert code == ExitCode.OK
+        assert out.splitlines()[1].startswith("├── loop batches: completed")
+        assert out.splitlines()[-1].startswith("└── sleep nap: pending, until ")
+
+    def test_a_message_reaches_the_waiting_workflow(
+        self,
+        app: ModuleType,
+        pg_full: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        code, out, _ = cli(capsys, "message", "waiting", "reply", '"hi"', *pg_full)
+        assert code == ExitCode.OK
+        assert out.startswith("message 'reply' stored; workflow 'waiting' (greet)")
+
+        async def finish() -> object:
+            async with durable.PostgresDriver(postgres_dsn, store=postgres_store) as d:
+                handle = durable.run_workflow("waiting", app.greet, None, driver=d)
+                return (await handle.result()).output
+
+        assert anyio.run(finish) == {"greeting": "hello bob", "reply": "hi"}
+
+    def test_cancel_cancels_for_good(
+        self, pg_full: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, out, _ = cli(capsys, "cancel", "waiting", *pg_full)
+        assert (code, out) == (ExitCode.OK, "workflow 'waiting' (greet) is cancelled\n")
+        assert cli(capsys, "message", "waiting", "reply", "1", *pg_full)[0] == 4
+        assert cli(capsys, "result", "waiting", *pg_full)[0] == ExitCode.FAILED
+
+    def test_result_waits_only_as_long_as_asked(
+        self, pg_full: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, out, _ = cli(capsys, "result", "done", "--wait", "5", *pg_full)
+        assert (code, json.loads(out)) == (0, {"greeting": "hello ada", "reply": "hi"})
+        code, _, err = cli(capsys, "result", "waiting", "--wait", "0.1", *pg_full)
+        assert code == ExitCode.NOT_FINISHED
+        assert "has not finished after 0.1 s" in err
+        assert cli(capsys, "result", "nobody", "--wait", "5", *pg_full)[0] == 3
+
+
+class TestChoosingAPostgresStore:
+    def test_a_missing_store_is_not_created(
+        self,
+        pg: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        code, out, err = cli(capsys, "list", *pg)
+        assert (code, out) == (ExitCode.UNAVAILABLE, "")
+        assert f"there is no durable store {postgres_store!r}" in err
+        assert read_store_version(postgres_dsn, store=postgres_store) is None
+
+    def test_the_store_comes_from_the_environment(
+        self,
+        pg: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setenv("DURABLE_POSTGRES", postgres_dsn)
+        monkeypatch.setenv("DURABLE_PG_STORE", postgres_store)
+        assert cli(capsys, "migrate")[0] == ExitCode.OK
+        assert cli(capsys, "list") == (ExitCode.OK, "no workflows\n", "")
+
+    def test_naming_a_store_wins_over_durable_url(
+        self,
+        pg: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setenv("DURABLE_URL", f"http://127.0.0.1:{_free_port()}")
+        monkeypatch.setenv("DURABLE_POSTGRES", postgres_dsn)
+        assert cli(capsys, "migrate", "--pg-store", postgres_store)[0] == 0
+        assert cli(capsys, "list", "--pg-store", postgres_store)[0] == ExitCode.OK
+        assert cli(capsys, "list")[0] == ExitCode.UNAVAILABLE  # the server
+
+    def test_without_the_extra_it_says_what_to_install(
+        self,
+        pg: list[str],
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+        monkeypatch.delitem(sys.modules, "durable._drivers._postgres")
+        for argv in (["list"], ["migrate"], ["worker", APP_SPEC]):
+            code, out, err = cli(capsys, *argv, *pg)
+            assert (code, out) == (ExitCode.UNAVAILABLE, "")
+            assert "(psycopg is missing); install it with pip install " in err
+            assert "'durable[postgres]'" in err
+
+    def test_without_pg_store_the_store_is_the_drivers_default(
+        self, pg: list[str], postgres_dsn: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert choose_store(None, postgres_dsn, None) == PostgresStore(
+            postgres_dsn, DEFAULT_STORE
+        )
+        assert cli(capsys, "list", "--help")[1].count(f"else {DEFAULT_STORE})") == 1
+
+
+class TestMigrate:
+    def test_creates_a_fresh_store_then_finds_it_current(
+        self, pg: list[str], postgres_store: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, out, _ = cli(capsys, "migrate", *pg)
+        store = f"the PostgreSQL store {postgres_store!r}"
+        assert (code, out) == (0, f"created {store} at schema version 1\n")
+        code, out, _ = cli(capsys, "migrate", *pg)
+        current = f"{store} is at schema version 1, the latest; nothing to do\n"
+        assert (code, out) == (ExitCode.OK, current)
+        code, out, _ = cli(capsys, "migrate", "--json", *pg)
+        answer = {"store": postgres_store, "schema_version": SCHEMA_VERSION}
+        assert (code, json.loads(out)) == (ExitCode.OK, answer)
+        assert cli(capsys, "list", *pg)[:2] == (ExitCode.OK, "no workflows\n")
+
+    def test_migrates_a_store_of_an_older_version(
+        self,
+        pg: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        assert cli(capsys, "migrate", *pg)[0] == ExitCode.OK
+        # as if this durable wrote version 2, adding a table to version 1
+        monkeypatch.setattr(_postgres, "SCHEMA_VERSION", 2)
+        upgrade = ("CREATE TABLE {s}.added (id integer)",)
+        monkeypatch.setattr(_postgres, "_UPGRADES", (upgrade,))
+        code, out, _ = cli(capsys, "migrate", *pg)
+        store = f"the PostgreSQL store {postgres_store!r}"
+        assert (code, out) == (0, f"migrated {store} from schema version 1 to 2\n")
+        assert pg_schema_version(postgres_dsn, postgres_store) == 2
+        assert cli(capsys, "list", *pg)[0] == ExitCode.OK  # the driver agrees
+
+    def test_a_store_of_a_newer_durable_is_refused(
+        self,
+        pg: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        assert cli(capsys, "migrate", *pg)[0] == ExitCode.OK
+        pg_schema_version(postgres_dsn, postgres_store, 99)
+        for argv in (["migrate"], ["list"]):
+            code, out, err = cli(capsys, *argv, *pg)
+            assert (code, out) == (ExitCode.UNAVAILABLE, "")
+            assert "has schema version 99, newer than version 1" in err
+            assert "upgrade durable to use it" in err
+        assert pg_schema_version(postgres_dsn, postgres_store) == 99
+
+    def test_a_schema_of_other_tables_is_refused(
+        self,
+        pg: list[str],
+        postgres_dsn: str,
+        postgres_store: str,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            schema = sql.Identifier(postgres_store)
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+            conn.execute(sql.SQL("CREATE TABLE {}.mine (id int)").format(schema))
+        code, _, err = cli(capsys, "migrate", *pg)
+        assert code == ExitCode.UNAVAILABLE
+        assert "exists and is not a durable store" in err
+
+    def test_an_unreachable_database_is_unavailable(
+        self, app: ModuleType, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        dsn = f"host=127.0.0.1 port={_free_port()} dbname=test user=root"
+        code, out, err = cli(capsys, "migrate", "--postgres", dsn)
+        assert (code, out) == (ExitCode.UNAVAILABLE, "")
+        assert err.startswith("durable: error: cannot connect to PostgreSQL (host=")
+        assert err.count("\n") == 1
+
+
+@pytest.mark.crash
+def test_workers_share_a_postgres_store_with_the_commands(
+    app: ModuleType,
+    pg: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    leased = ["worker", APP_SPEC, *pg, "--lease", "2"]
+    default = ["worker", APP_SPEC, *pg]  # the lease defaults to 30 s on PostgreSQL
+    with running(tmp_path, *leased) as first, running(tmp_path, *default) as second:
+        assert "runs batches, boom, greet, plain, each run leased for 2 s" in (
+            first.wait_for(" runs ")
+        )
+        assert "each run leased for 30 s" in second.wait_for(" runs ")
+        ids = [f"g{i}" for i in range(4)]
+        for workflow_id in ids:
+            start = ["start", "greet", workflow_id, f'"{workflow_id}"']
+            assert cli(capsys, *start, "--app", APP_SPEC, *pg)[0] == ExitCode.OK
+        boom = ["start", "boom", "f1", '"no luck"', "--app", APP_SPEC]
+        assert cli(capsys, *boom, *pg)[0] == ExitCode.OK
+        for workflow_id in ids:
+            assert cli(capsys, "message", workflow_id, "reply", "1", *pg)[0] == 0
+        for workflow_id in ids:
+            code, out, err = cli(capsys, "result", workflow_id, "--wait", "10", *pg)
+            assert code == ExitCode.OK, err
+            assert json.loads(out) == {"greeting": f"hello {workflow_id}", "reply": 1}
+        code, _, err = cli(capsys, "result", "f1", "--wait", "10", *pg)
+        assert code == ExitCode.FAILED
+        assert "ValueError: no luck" in err
+        assert (first.stop(), second.stop()) == (ExitCode.OK, ExitCode.OK)
+        assert "other workers on the PostgreSQL store" in first.wait_for("stopped;")
+    hellos = sorted((tmp_path / "steps.log").read_text("utf-8").splitlines())
+    assert hellos == [f"hello {workflow_id}" for workflow_id in ids]  # each ran once

@@ -1,8 +1,9 @@
 """The commands but ``worker``: each makes one call in store or server mode and prints.
 
 `run_client` picks the mode from the options: `Http` with ``--url`` (or
-``$DURABLE_URL``), else `Store`. Both answer with the bodies of the HTTP API, so a
-command is written once for both.
+``$DURABLE_URL``), else `Store` on the store that `choose_store` picks. Both answer
+with the bodies of the HTTP API, so a command is written once for both. `migrate`
+works on a PostgreSQL store's schema alone.
 
 Rule: ``--json`` prints exactly that answer; the text for people comes from `_render`.
 """
@@ -17,15 +18,17 @@ from typing import TYPE_CHECKING, NoReturn, TypeAlias
 from .._types import WorkflowState
 from ._errors import CommandError, ExitCode
 from ._http import URL_ENV_VAR, Http, bearer_token
+from ._location import POSTGRES_ENV_VAR, PostgresStore, choose_store, names_a_store
 from ._render import (
     print_history,
     print_info,
     print_json,
+    print_migration,
     print_page,
     print_report,
     waiting,
 )
-from ._store import Store, store_path
+from ._store import Store
 
 if TYPE_CHECKING:
     import argparse
@@ -40,18 +43,27 @@ Command: TypeAlias = "Callable[[Api, argparse.Namespace], int]"
 
 
 def run_client(args: argparse.Namespace, run: Command) -> int:
-    """Run a command but ``worker`` in server or store mode, as the options say."""
+    """Run a command but ``worker`` in server or store mode, as the options say.
+
+    An option that names a store (``--store``, ``--postgres``, ``--pg-store``) wins
+    over ``$DURABLE_URL``; with ``--url`` it is a usage error.
+    """
     url = args.url
-    if url is None and args.store is None:
+    store_named = names_a_store(args.store, args.postgres, args.pg_store)
+    if url is None and not store_named:
         url = os.environ.get(URL_ENV_VAR) or None
-    if url is not None and args.store is not None:
-        raise CommandError(ExitCode.USAGE, "pass --url or --store, not both")
+    if url is not None and store_named:
+        raise CommandError(
+            ExitCode.USAGE,
+            "pass --url (a server) or a store (--store, or --postgres and "
+            "--pg-store), not both",
+        )
     app = getattr(args, "app", None)
     api: Api
     if url is None:
         if args.token is not None:
             raise CommandError(ExitCode.USAGE, "--token goes with --url")
-        api = Store(store_path(args.store), app)
+        api = Store(choose_store(args.store, args.postgres, args.pg_store), app)
     else:
         if app is not None:
             raise CommandError(ExitCode.USAGE, "--app is for store mode, not --url")
@@ -109,12 +121,40 @@ def result(api: Api, args: argparse.Namespace) -> int:
     waited = "" if args.wait is None else f" after {args.wait:g} s"
     now = waiting(fields)
     waits = f", waiting for {now}" if now else ""
-    then = "run a worker on the store" if isinstance(api, Store) else "--wait longer"
+    then = "--wait longer"
+    if isinstance(api, Store):
+        then = "run a worker on the store"
+        if api.location.shared:
+            then = "--wait longer, with a worker running on the store"
     raise CommandError(
         ExitCode.NOT_FINISHED,
         f"workflow {args.workflow_id!r} has not finished{waited}: it is {state}"
         f"{waits}; {then}",
     )
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """``durable migrate``: create or migrate a PostgreSQL store's schema."""
+    for option, why in (
+        ("url", "it works on the database itself, not through a server"),
+        ("token", "it works on the database itself, not through a server"),
+        ("store", "a LevelDB store has no schema to migrate"),
+    ):
+        if getattr(args, option) is not None:
+            raise CommandError(
+                ExitCode.USAGE,
+                f"durable migrate takes --postgres DSN, not --{option}: {why}",
+            )
+    location = choose_store(None, args.postgres, args.pg_store)
+    if not isinstance(location, PostgresStore):
+        raise CommandError(
+            ExitCode.USAGE,
+            "durable migrate works on a PostgreSQL store: pass --postgres DSN or set "
+            f"${POSTGRES_ENV_VAR} (a LevelDB store has no schema to migrate)",
+        )
+    before, now = location.migrate()
+    answer: JSON = {"store": location.name, "schema_version": now}
+    return _output(args, answer, lambda answer: print_migration(answer, before))
 
 
 def step_path(parts: Sequence[str]) -> StepPath:

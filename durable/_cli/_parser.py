@@ -18,6 +18,7 @@ from .._worker import DEFAULT_CONCURRENCY
 from . import _commands
 from ._errors import CommandError, ExitCode
 from ._http import TOKEN_ENV_VAR, URL_ENV_VAR
+from ._location import DEFAULT_SHARED_LEASE, PG_STORE_ENV_VAR, POSTGRES_ENV_VAR
 from ._worker import run_worker
 
 if TYPE_CHECKING:
@@ -54,7 +55,14 @@ _APP_HELP: Final = (
     "where your workflows are: a @durable.workflow, an async function, or a list or "
     "dict of them, e.g. myapp.workflows:all (the current directory is on sys.path)"
 )
-_STORE_HELP: Final = "the LevelDB store (default: $DURABLE_STORE, else ./.durable)"
+_STORE_HELP: Final = "a LevelDB store (default: $DURABLE_STORE, else ./.durable)"
+_POSTGRES_HELP: Final = (
+    f"a PostgreSQL database, as a libpq DSN or URL (default: ${POSTGRES_ENV_VAR}); "
+    "a store there is shared, and needs durable[postgres]"
+)
+_PG_STORE_HELP: Final = (
+    f"the store in that database, a schema (default: ${PG_STORE_ENV_VAR}, else durable)"
+)
 _JSON_HELP: Final = 'a JSON value, e.g. \'{"sku": "A1"}\' or \'"text"\'; - reads stdin'
 
 
@@ -63,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="durable",
         description="Run durable workflows, and list, read and steer them.",
-        epilog="Every command but `worker` works on a server (--url) or on a store "
-        "no worker holds (--store). See docs/cli.md.",
+        epilog="Every command but `worker` and `migrate` works on a server (--url) "
+        "or on a store: a LevelDB one no worker holds (--store), or a PostgreSQL one "
+        "(--postgres). See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -77,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a second signal stops running steps at once.",
     )
     worker.add_argument("app", metavar="MODULE:OBJECT", help=_APP_HELP)
-    worker.add_argument("--store", metavar="PATH", help=_STORE_HELP)
+    _add_store_options(worker)
+    worker.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        help="lease each run for SECONDS, renewed while it runs, so that workers "
+        f"sharing the store never run one workflow at once (default: "
+        f"{DEFAULT_SHARED_LEASE:g} with --postgres, else none)",
+    )
     worker.add_argument(
         "--concurrency",
         metavar="N",
@@ -113,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--token", help=f"the bearer token for --url (default: ${TOKEN_ENV_VAR})"
     )
-    where.add_argument("--store", metavar="PATH", help=_STORE_HELP)
+    _add_store_options(where)
     client.add_argument(
         "--json", action="store_true", help="print the HTTP API's JSON, not text"
     )
@@ -194,9 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait",
         metavar="SECONDS",
         type=_seconds,
-        help="with --url: wait up to SECONDS for the workflow to finish",
+        help="with --url or --postgres: wait up to SECONDS for the workflow to finish",
     )
+
+    summary = "create a PostgreSQL store's schema, or migrate it to this version"
+    migrate = commands.add_parser("migrate", help=summary, description=summary)
+    migrate.add_argument("--postgres", metavar="DSN", help=_POSTGRES_HELP)
+    migrate.add_argument("--pg-store", metavar="NAME", help=_PG_STORE_HELP)
+    migrate.add_argument(
+        "--json", action="store_true", help="print {store, schema_version} as JSON"
+    )
+    for option in ("--url", "--token", "--store"):  # refused with a reason, unlisted
+        migrate.add_argument(option, help=argparse.SUPPRESS)
+    migrate.set_defaults(command=_commands.migrate)
     return parser
+
+
+def _add_store_options(
+    group: argparse.ArgumentParser | argparse._ArgumentGroup,
+) -> None:
+    """``--store`` (LevelDB), or ``--postgres`` with ``--pg-store`` (PostgreSQL)."""
+    group.add_argument("--store", metavar="PATH", help=_STORE_HELP)
+    group.add_argument("--postgres", metavar="DSN", help=_POSTGRES_HELP)
+    group.add_argument("--pg-store", metavar="NAME", help=_PG_STORE_HELP)
 
 
 def _positive_int(text: str) -> int:
@@ -216,6 +253,16 @@ def _seconds(text: str) -> float:
         value = -1.0
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, not {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, not {text!r}")
     return value
 
 

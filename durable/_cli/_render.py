@@ -105,6 +105,19 @@ def print_report(info: JSON, done: str = "") -> None:
     print(f"{done}; {line}" if done else line)
 
 
+def print_migration(answer: JSON, before: int | None) -> None:
+    """After ``migrate``: its answer (store, schema version) and what it changed."""
+    fields = _dict(answer)
+    store = f"the PostgreSQL store {fields.get('store')!r}"
+    now = fields.get("schema_version")
+    if before is None:
+        print(f"created {store} at schema version {now}")
+    elif before != now:
+        print(f"migrated {store} from schema version {before} to {now}")
+    else:
+        print(f"{store} is at schema version {now}, the latest; nothing to do")
+
+
 def waiting(fields: Mapping[str, JSON]) -> str:
     """What a workflow waits for: ``messages a, b``, ``any message``, ``until T``."""
     if fields.get("state") in _FINAL_STATES:

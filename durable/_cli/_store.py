@@ -1,22 +1,21 @@
-"""Store mode: the commands run on a LevelDB store that the command opens itself.
+"""Store mode: the commands run on a store that the command opens itself.
 
 Rule: each call opens the store, does one thing through a `Worker` that is never
 started (so nothing runs) and closes it, and answers with the JSON the HTTP API would
-answer with. It works only while no worker holds the store.
+answer with. A LevelDB store works only while no worker holds it; a PostgreSQL store
+works alongside running workers, which is also why ``result --wait`` waits there.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
 
-from .._drivers import LevelDBDriver
-from .._drivers._leveldb import default_store_path
 from .._engine._run import UNKNOWN_ERROR
 from .._errors import DurableError, WorkflowCancelledError, WorkflowFailedError
-from .._inspect import DEFAULT_PAGE_SIZE
+from .._inspect import DEFAULT_PAGE_SIZE, WorkflowInfo
 from .._json import JSON, history_json, info_json, page_json, result_json
 from .._types import WorkflowResult, WorkflowState
 from .._worker import Worker
@@ -27,37 +26,39 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
 
     from ._http import Action
+    from ._location import Location
 
 T = TypeVar("T")
 
 
-def store_path(option: str | None) -> Path:
-    """The store that ``--store`` names, else ``$DURABLE_STORE``, else ``./.durable``."""
-    return Path(option) if option is not None else default_store_path()
-
-
 class Store:
-    """Store mode: each call opens the LevelDB store, does one thing and closes it.
+    """Store mode: each call opens the store, does one thing and closes it.
 
     Every answer has the shape the HTTP API would answer with.
     """
 
-    def __init__(self, path: Path, app: str | None) -> None:
-        self.path = path
+    def __init__(self, location: Location, app: str | None) -> None:
+        self.location = location
         self.app = app
 
-    def call(self, op: Callable[[Worker], Awaitable[T]], *, create: bool = False) -> T:
-        """Run *op* with a worker of the store (never started: nothing runs)."""
-        if not create and not (self.path / "CURRENT").is_file():  # LevelDB's own
-            raise CommandError(
-                ExitCode.UNAVAILABLE,
-                f"no durable store at {self.path}; pass --store PATH or set "
-                "$DURABLE_STORE, or reach a running worker with --url URL",
-            )
+    def call(
+        self,
+        op: Callable[[Worker], Awaitable[T]],
+        *,
+        create: bool = False,
+        listen: bool = False,
+    ) -> T:
+        """Run *op* with a worker of the store (never started: nothing runs).
+
+        The store must exist unless *create*; *listen* if *op* waits for wake-ups
+        from other processes.
+        """
+        if not create:
+            self.location.check_exists()
         workflows = () if self.app is None else load_workflows(self.app)
 
         async def run() -> T:
-            async with LevelDBDriver(self.path) as driver:
+            async with self.location.open(listen=listen) as driver:
                 return await op(Worker(driver, workflows))
 
         try:
@@ -67,7 +68,7 @@ class Store:
             if kind == "StoreLockedError":
                 raise CommandError(
                     ExitCode.UNAVAILABLE,
-                    f"the store at {self.path} is held by another process (a "
+                    f"{self.location} is held by another process (a "
                     "running worker?); send the command to its HTTP API with "
                     "--url URL (run the worker with --http HOST:PORT), or stop it",
                 ) from None
@@ -130,14 +131,28 @@ class Store:
         return self.call(act)
 
     def result(self, workflow_id: str, wait: float | None) -> JSON:
-        """`result_json` if completed, else `info_json`; failed or cancelled raise."""
-        if wait is not None:
+        """`result_json` if completed, else `info_json`; failed or cancelled raise.
+
+        On a shared (PostgreSQL) store, first wait up to *wait* seconds for the
+        workers that run it to finish the workflow.
+        """
+        if wait is not None and not self.location.shared:
             raise CommandError(
                 ExitCode.USAGE,
-                "--wait needs --url: nothing runs the workflows of a store that the "
-                "command opens itself",
+                "--wait needs --url or a PostgreSQL store: nothing runs the workflows "
+                "of a LevelDB store that the command opens itself",
             )
-        info = self.call(lambda worker: worker.handle(workflow_id).get_info())
+
+        async def outcome(worker: Worker) -> WorkflowInfo:
+            handle = worker.handle(workflow_id)
+            if wait:
+                # final either way: the info says how
+                failed = (WorkflowFailedError, WorkflowCancelledError)
+                with anyio.move_on_after(wait), contextlib.suppress(*failed):
+                    await handle.result()  # woken by the workers' commits
+            return await handle.get_info()
+
+        info = self.call(outcome, listen=bool(wait))
         if info.state == WorkflowState.FAILED:
             failed = WorkflowFailedError(workflow_id, info.error or UNKNOWN_ERROR)
             raise CommandError(ExitCode.FAILED, str(failed), "WorkflowFailedError")

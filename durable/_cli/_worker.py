@@ -1,8 +1,10 @@
 """The ``durable worker`` command: run an app's workflows on a store until a signal.
 
-Rule: the worker holds the store until SIGTERM or SIGINT stops it gracefully (exit 0),
-and imports the HTTP server (`durable.server`, the ``durable[server]`` extra) only
-when ``--http`` asks for it, so that a worker runs without the extra.
+Rule: the worker runs until SIGTERM or SIGINT stops it gracefully (exit 0), and
+imports the HTTP server (`durable.server`, the ``durable[server]`` extra) only when
+``--http`` asks for it, so that a worker runs without the extra. On a LevelDB store it
+is the only worker (it holds the store); on a shared PostgreSQL store it takes a lease
+on each run (``--lease``, 30 s by default), so that several workers share the work.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .._drivers import LevelDBDriver
 from .._errors import DurableError
 from .._worker import Worker
 from ._app import load_workflows
 from ._errors import CommandError, ExitCode, code_of
 from ._http import bearer_token
-from ._store import store_path
+from ._location import DEFAULT_SHARED_LEASE, choose_store
 
 if TYPE_CHECKING:
     import argparse
@@ -37,7 +38,10 @@ def run_worker(args: argparse.Namespace) -> int:
         )
     serve = None if args.http is None else _server_serve()
     token = bearer_token(args.token)
-    path = store_path(args.store)
+    location = choose_store(args.store, args.postgres, args.pg_store)
+    lease: float | None = args.lease
+    if lease is None and location.shared:
+        lease = DEFAULT_SHARED_LEASE  # other workers may run on the store
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -45,10 +49,13 @@ def run_worker(args: argparse.Namespace) -> int:
     )
 
     async def run() -> None:
-        async with LevelDBDriver(path) as driver:
-            worker = Worker(driver, workflows, concurrency=args.concurrency)
+        async with location.open() as driver:
+            worker = Worker(
+                driver, workflows, concurrency=args.concurrency, lease=lease
+            )
             names = ", ".join(sorted(worker.workflows))
-            log.info("worker on the store %s runs %s", path, names)
+            leased = "" if lease is None else f", each run leased for {lease:g} s"
+            log.info("worker %s on %s runs %s%s", worker.id, location, names, leased)
             if serve is None:
                 await worker.run(handle_signals=True)
             else:
@@ -68,13 +75,21 @@ def run_worker(args: argparse.Namespace) -> int:
         if isinstance(leaf, DurableError):
             hint = ""
             if type(leaf).__name__ == "StoreLockedError":
-                hint = "; a store has one worker at a time: is one running already?"
+                hint = (
+                    "; a LevelDB store has one worker at a time: is one running "
+                    "already? (Several workers share a PostgreSQL store.)"
+                )
             raise CommandError(code_of(leaf), f"{leaf}{hint}") from None
-        if isinstance(leaf, OSError):  # e.g. the HTTP address is in use
+        if isinstance(leaf, OSError) and args.http is not None:  # the address in use
             message = f"cannot serve on {args.http[0]}:{args.http[1]}: {leaf}"
             raise CommandError(ExitCode.UNAVAILABLE, message) from None
         raise
-    log.info("worker stopped; the next worker on %s resumes its workflows", path)
+    if location.shared:
+        log.info("worker stopped; other workers on %s resume its workflows", location)
+    else:
+        log.info(
+            "worker stopped; the next worker on %s resumes its workflows", location
+        )
     return ExitCode.OK
 
 
