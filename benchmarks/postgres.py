@@ -31,7 +31,7 @@ import durable
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-DSN_ENV = "DURABLE_POSTGRES_DSN"
+DSN_ENV = "DURABLE_POSTGRES"  # as the durable command reads it
 DEFAULT_DSN = "host=127.0.0.1 dbname=test"
 """TCP to the local server, as the current OS user (CI: trust auth, user root)."""
 
