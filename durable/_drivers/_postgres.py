@@ -683,8 +683,10 @@ class PostgresDriver(Driver):
                     cursor.execute(q.clear_alarm, (a.encode(),))
                 elif code == NOTIFY:
                     woken.append(a)
-            if woken or batch.sets_alarm:
-                # inside the transaction: PostgreSQL delivers it only on commit
+            if self._listen and (woken or batch.sets_alarm):
+                # inside the transaction: PostgreSQL delivers it only on commit.
+                # With listen=False every process of the store polls, and servers
+                # without pg_notify (CockroachDB) must not be sent it.
                 for payload in _payloads(self._sender, woken, alarm=batch.sets_alarm):
                     cursor.execute(q.notify, (q.channel, payload))
 

@@ -551,6 +551,26 @@ class TestPollingFallback:
     async def test_listening_is_the_default(self, driver: PostgresDriver) -> None:
         assert driver.listening
 
+    @pytest.mark.parametrize("listen", [True, False])
+    async def test_only_a_listening_driver_calls_pg_notify(
+        self, postgres_dsn: str, postgres_store: str, listen: bool
+    ) -> None:
+        """Servers without pg_notify (CockroachDB) work with listen=False."""
+        async with PostgresDriver(
+            postgres_dsn, store=postgres_store, listen=listen
+        ) as driver:
+            with psycopg.connect(postgres_dsn, autocommit=True) as spy:
+                spy.execute(
+                    sql.SQL("LISTEN {}").format(
+                        sql.Identifier(f"durable_{postgres_store}")
+                    )
+                )
+                await notify(driver, "wf")
+                received = await anyio.to_thread.run_sync(
+                    lambda: list(spy.notifies(timeout=0.5, stop_after=1))
+                )
+        assert bool(received) == listen
+
 
 class TestStores:
     async def test_two_stores_in_one_database_are_independent(
