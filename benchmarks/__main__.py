@@ -359,6 +359,57 @@ async def w3w(bench: Bench) -> dict[str, Any]:
     )
 
 
+@workload("WH")
+async def wh(bench: Bench) -> dict[str, Any]:
+    """Worker host: n due one-step workflows, on an empty store and with 10 n asleep.
+
+    The worker finds due work through the alarm index, so the sleepers should cost
+    (almost) nothing: ``extra.ratio`` is the throughput with them over without.
+    """
+    n = bench.n(1000)
+    sleepers = 10 * n
+
+    @durable.workflow(name="sleeper")
+    async def sleeper(ctx: durable.WorkflowContext, _: object) -> None:
+        await ctx.sleep("nap", PARKED)
+
+    @durable.workflow(name="one-step")
+    async def one_step(ctx: durable.WorkflowContext, i: object) -> object:
+        return await ctx.step("echo", lambda: i)
+
+    async def run_due(worker: durable.Worker, prefix: str) -> float:
+        started = time.perf_counter()
+        handles = [await worker.start("one-step", f"{prefix}-{i}", i) for i in range(n)]
+        for handle in handles:
+            await handle.result()
+        return time.perf_counter() - started
+
+    async with bench.driver() as driver:
+        async with durable.Worker(driver, [sleeper, one_step]) as worker:
+            empty = await run_due(worker, "empty")
+            for i in range(sleepers):
+                await worker.start("sleeper", f"asleep-{i}", None)
+            while (
+                worker.running
+                or (
+                    await durable.list_workflows(
+                        driver=driver, state="pending", limit=1
+                    )
+                ).workflows
+            ):
+                await anyio.sleep(0.01)
+            crowded = await run_due(worker, "crowded")
+    return {
+        "n": n,
+        "seconds": crowded,
+        "extra": {
+            "sleepers": sleepers,
+            "empty_per_sec": round(n / empty, 1),
+            "ratio": round(empty / crowded, 2),
+        },
+    }
+
+
 @workload("W7")
 async def w7(bench: Bench) -> dict[str, Any]:
     """Replay-cost growth: replay time of a 100x larger history over a small one.

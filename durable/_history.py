@@ -179,9 +179,9 @@ class WorkflowMeta:
         position = (str(self.state), self.name)
         if position != self.indexed:
             if self.indexed is not None:
-                for key in index_keys(keys.workflow_id, *self.indexed):
+                for key in index_keys(keys, *self.indexed):
                     batch.delete(key)
-            for key in index_keys(keys.workflow_id, *position):
+            for key in index_keys(keys, *position):
                 batch.put(key, b"")
             self.indexed = position
 

@@ -29,12 +29,14 @@ Rule: only this module knows key tags; `_history` and the engine ask it for keys
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 from ._drivers._base import prefix_end
 from ._keys import Key, decode_key, encode_int, encode_key
 
 WORKFLOWS: Final = 1
+_WORKFLOWS_LENGTH: Final = len(encode_int(WORKFLOWS))
 BY_STATE: Final = 2
 BY_NAME: Final = 3
 
@@ -81,12 +83,22 @@ class WorkflowKeys:
         return self.meta, self.prefix + _TAG_END
 
 
-def index_keys(workflow_id: str, state: str, name: str | None) -> list[bytes]:
-    """The listing-index keys of a workflow in *state* running *name*."""
-    keys = [encode_key((BY_STATE, state, workflow_id))]
+def index_keys(keys: WorkflowKeys, state: str, name: str | None) -> list[bytes]:
+    """The listing-index keys of the workflow of *keys* in *state* running *name*.
+
+    W3/W6: a tuple's encoding is its items' encodings end to end, so each key is a
+    cached (state[, name]) prefix plus the workflow id as the workflow prefix has it.
+    """
+    encoded_id = keys.prefix[_WORKFLOWS_LENGTH:]
+    found = [_index_prefix(BY_STATE, state) + encoded_id]
     if name is not None:
-        keys.append(encode_key((BY_NAME, name, state, workflow_id)))
-    return keys
+        found.append(_index_prefix(BY_NAME, name, state) + encoded_id)
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _index_prefix(*parts: int | str) -> bytes:
+    return encode_key(parts)
 
 
 def index_range(state: str | None, name: str | None) -> tuple[bytes, bytes]:

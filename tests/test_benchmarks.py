@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W5p", "W6", "W7"]
+WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W5p", "W6", "WH", "W7"]
 
 
 def run_suite(*args: str) -> list[dict[str, Any]]:

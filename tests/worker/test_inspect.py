@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import durable
+from durable._keys import encode_key
+from durable._layout import BY_NAME, BY_STATE, WorkflowKeys, index_keys
 from durable.testing import TestClock
 
 SAFETY = 10.0
@@ -290,3 +294,18 @@ async def test_a_workflow_cancelled_while_it_runs_shows_no_wait() -> None:
             await handle.cancel()
         info = await handle.get_info()
         assert (info.state, info.waiting_for) == ("cancelled", None)
+
+
+@given(
+    workflow_id=st.text(min_size=1),
+    state=st.sampled_from([str(s) for s in durable.WorkflowState]),
+    name=st.none() | st.text(min_size=1),
+)
+def test_index_keys_are_the_encoded_index_tuples(
+    workflow_id: str, state: str, name: str | None
+) -> None:
+    """The cached-prefix construction of index keys equals encoding the tuples."""
+    expected = [encode_key((BY_STATE, state, workflow_id))]
+    if name is not None:
+        expected.append(encode_key((BY_NAME, name, state, workflow_id)))
+    assert index_keys(WorkflowKeys(workflow_id), state, name) == expected
