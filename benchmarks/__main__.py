@@ -359,6 +359,15 @@ async def w3w(bench: Bench) -> dict[str, Any]:
     )
 
 
+async def _until_settled(worker: durable.Worker, driver: durable.Driver) -> None:
+    """Wait until the worker runs nothing and no workflow is pending."""
+    settled = False
+    while not settled:
+        await anyio.sleep(0.01)
+        pending = await durable.list_workflows(driver=driver, state="pending", limit=1)
+        settled = not worker.running and not pending.workflows
+
+
 @workload("WH")
 async def wh(bench: Bench) -> dict[str, Any]:
     """Worker host: n due one-step workflows, on an empty store and with 10 n asleep.
@@ -392,13 +401,7 @@ async def wh(bench: Bench) -> dict[str, Any]:
         for i in range(sleepers):
             await worker.start("sleeper", f"asleep-{i}", None)
         # until every sleeper ran to its sleep (the timed part then finds only due work)
-        while (
-            worker.running
-            or (  # noqa: ASYNC110 - polls the store, not a flag
-                await durable.list_workflows(driver=driver, state="pending", limit=1)
-            ).workflows
-        ):
-            await anyio.sleep(0.01)
+        await _until_settled(worker, driver)
         crowded = await run_due(worker, "crowded")
     return {
         "n": n,
