@@ -415,8 +415,9 @@ class PostgresDriver(Driver):
 
     Several processes can share one store: a notify or an alarm written by any of
     them wakes the others' subscriptions (``LISTEN``/``NOTIFY``, or polling every
-    *poll_interval* with ``listen=False`` or where ``LISTEN`` is unavailable). The
-    driver connects, and creates or migrates the store's schema, on ``async with``
+    *poll_interval* with ``listen=False`` or where ``LISTEN`` is unavailable).
+    ``notify=False`` stops sending ``pg_notify``: only where every process of the
+    store polls, or on a server without it (CockroachDB). The driver connects, and creates or migrates the store's schema, on ``async with``
     entry or first use. Needs the extra ``durable[postgres]``.
 
     Raises:
@@ -433,6 +434,7 @@ class PostgresDriver(Driver):
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         listen: bool = True,
+        notify: bool = True,
     ) -> None:
         super().__init__(poll_interval=poll_interval)
         self.store = _check_store(store)
@@ -454,6 +456,7 @@ class PostgresDriver(Driver):
         """True once a ``LISTEN`` connection carries other processes' wake-ups."""
         self._dsn = dsn
         self._listen = listen
+        self._notify = notify
         self._queries = _Queries(store)
         self._sender = uuid.uuid4().hex  # tells this driver's notifications apart
         self._notifier = _Notifier()
@@ -683,10 +686,10 @@ class PostgresDriver(Driver):
                     cursor.execute(q.clear_alarm, (a.encode(),))
                 elif code == NOTIFY:
                     woken.append(a)
-            if self._listen and (woken or batch.sets_alarm):
+            if self._notify and (woken or batch.sets_alarm):
                 # inside the transaction: PostgreSQL delivers it only on commit.
-                # With listen=False every process of the store polls, and servers
-                # without pg_notify (CockroachDB) must not be sent it.
+                # (notify=False: every process of the store polls, or the server
+                # has no pg_notify, as CockroachDB)
                 for payload in _payloads(self._sender, woken, alarm=batch.sets_alarm):
                     cursor.execute(q.notify, (q.channel, payload))
 

@@ -551,13 +551,15 @@ class TestPollingFallback:
     async def test_listening_is_the_default(self, driver: PostgresDriver) -> None:
         assert driver.listening
 
-    @pytest.mark.parametrize("listen", [True, False])
-    async def test_only_a_listening_driver_calls_pg_notify(
-        self, postgres_dsn: str, postgres_store: str, listen: bool
+    @pytest.mark.parametrize(
+        ("listen", "sends"), [(True, True), (False, True), (False, False)]
+    )
+    async def test_pg_notify_is_sent_unless_turned_off(
+        self, postgres_dsn: str, postgres_store: str, listen: bool, sends: bool
     ) -> None:
-        """Servers without pg_notify (CockroachDB) work with listen=False."""
+        """A polling process still wakes listening ones; notify=False sends nothing."""
         async with PostgresDriver(
-            postgres_dsn, store=postgres_store, listen=listen
+            postgres_dsn, store=postgres_store, listen=listen, notify=sends
         ) as driver:
             with psycopg.connect(postgres_dsn, autocommit=True) as spy:
                 spy.execute(
@@ -569,7 +571,7 @@ class TestPollingFallback:
                 received = await anyio.to_thread.run_sync(
                     lambda: list(spy.notifies(timeout=0.5, stop_after=1))
                 )
-        assert bool(received) == listen
+        assert bool(received) == sends
 
 
 class TestStores:
