@@ -8,8 +8,13 @@ worker sleeps until the earliest alarm or until a batch sets an alarm
 (`Driver.subscribe_alarms`): finding work costs O(due + running), never O(workflows),
 and an idle worker does not poll.
 
+With ``lease=`` several workers share one store: due alarms are *claimed* (moved to
+the lease's end atomically), and each run is owned through a lease record whose
+fencing token every write of the run checks (see `_lease`).
+
 Rules:
-* One run per workflow at a time; at most ``concurrency`` at once.
+* One run per workflow at a time (across workers: per lease); at most
+  ``concurrency`` at once.
 * A workflow the worker cannot run (unregistered name, diverged code) is *parked*:
   skipped, logged, left untouched in the store, and retried after ``wake()``,
   ``recover()``, ``replay_from()`` through this worker, or a restart.
