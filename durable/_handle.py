@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Protocol, Self, final
 import anyio
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._codec import dump_value, load_value
+from ._codec import dump_value
 from ._drivers import Batch, Driver, LevelDBDriver
 from ._engine._queue import put_message
-from ._engine._run import UNKNOWN_ERROR, ErrorHook, Mode, Run, WorkflowFn, active_run
+from ._engine._run import ErrorHook, Mode, Run, WorkflowFn, active_run, final_outcome
 from ._errors import (
     UnknownWorkflowError,
     WorkflowBusyError,
     WorkflowCancelledError,
-    WorkflowFailedError,
     WorkflowFinishedError,
 )
 from ._history import FAILED, RETRYING, History, WorkflowMeta
@@ -254,21 +253,13 @@ class WorkflowHandle:
     async def _wait_until_finished(self) -> WorkflowResult:
         """A worker's handle: wait for a final state (every run notifies on one)."""
         async with self._open_driver() as driver:
-            keys = WorkflowKeys(self.workflow_id)
+            key = WorkflowKeys(self.workflow_id).meta
             with driver.subscribe(self.workflow_id) as subscription:
                 while True:
                     meta = await self._load_meta(driver)
-                    if meta.state == WorkflowState.COMPLETED:
-                        output = None
-                        if meta.output is not None:
-                            output = load_value(meta.output, keys.meta)
-                        return WorkflowResult(WorkflowState.COMPLETED, output)
-                    if meta.state == WorkflowState.FAILED:
-                        raise WorkflowFailedError(
-                            self.workflow_id, meta.error or UNKNOWN_ERROR
-                        )
-                    if meta.state == WorkflowState.CANCELLED:
-                        raise WorkflowCancelledError(self.workflow_id)
+                    finished = final_outcome(self.workflow_id, meta, key)
+                    if finished is not None:
+                        return finished
                     await subscription.wait()
 
     async def _background(self) -> None:
@@ -518,6 +509,4 @@ class WorkflowHandle:
                 meta = await self._load_meta(driver)
             except UnknownWorkflowError:
                 return None
-            if meta.state != WorkflowState.COMPLETED or meta.output is None:
-                return None
-            return load_value(meta.output, WorkflowKeys(self.workflow_id).meta)
+            return meta.load_output(WorkflowKeys(self.workflow_id).meta)

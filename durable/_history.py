@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from ._codec import dump_record, load_record
+from ._codec import dump_record, load_record, load_value
 from ._errors import CorruptRecordError, WorkflowError
 from ._keys import decode_key, encode_int
 from ._layout import (
@@ -165,6 +165,12 @@ class WorkflowMeta:
     name: str | None = None  # the registered workflow it runs; None: a plain function
     # (state, name) as the listing index holds them; None: not indexed yet
     indexed: tuple[str, str | None] | None = attrs.field(default=None, eq=False)
+
+    def load_output(self, key: bytes) -> object:
+        """The decoded output of a completed workflow, else None (*key*: for errors)."""
+        if self.state != WorkflowState.COMPLETED or self.output is None:
+            return None
+        return load_value(self.output, key)
 
     def cancel(self, now: float) -> None:
         """Mark the workflow cancelled for good: it waits for nothing any more."""

@@ -157,9 +157,6 @@ async def get_info(driver: Driver, workflow_id: str) -> WorkflowInfo:
     meta = WorkflowMeta.from_bytes(raw, keys.meta)
     raw_input = await driver.get(keys.input)
     messages = await driver.list_range(*_message_range(keys))
-    output = None
-    if meta.state == WorkflowState.COMPLETED and meta.output is not None:
-        output = load_value(meta.output, keys.meta)
     return WorkflowInfo(
         workflow_id=workflow_id,
         name=meta.name,
@@ -167,7 +164,7 @@ async def get_info(driver: Driver, workflow_id: str) -> WorkflowInfo:
         created_at=meta.created_at,
         updated_at=meta.updated_at,
         input=None if raw_input is None else load_value(raw_input, keys.input),
-        output=output,
+        output=meta.load_output(keys.meta),
         error=meta.error,
         sleep_until=meta.sleep_until,
         waiting_for=_names(meta.waiting_for),

@@ -72,6 +72,23 @@ def active_run(driver: Driver, workflow_id: str) -> Run | None:
     return None if runs is None else runs.get(workflow_id)
 
 
+def final_outcome(
+    workflow_id: str, meta: WorkflowMeta, key: bytes
+) -> WorkflowResult | None:
+    """What a finished workflow's record stands for; None while it is unfinished.
+
+    Raises:
+        WorkflowFailedError, WorkflowCancelledError: it ended so.
+    """
+    if meta.state == WorkflowState.COMPLETED:
+        return WorkflowResult(WorkflowState.COMPLETED, meta.load_output(key))
+    if meta.state == WorkflowState.FAILED:
+        raise WorkflowFailedError(workflow_id, meta.error or UNKNOWN_ERROR)
+    if meta.state == WorkflowState.CANCELLED:
+        raise WorkflowCancelledError(workflow_id)
+    return None
+
+
 def describe_exception(exc: BaseException) -> WorkflowError:
     """Turn an exception into its storable description."""
     return WorkflowError(
@@ -181,14 +198,9 @@ class Run:
                         self.workflow_id, stored=meta.name, requested=self.workflow_name
                     )
                 meta.name = self.workflow_name  # started unnamed: it is named now
-            if meta.state == WorkflowState.CANCELLED:
-                raise WorkflowCancelledError(self.workflow_id)
-            if meta.state == WorkflowState.COMPLETED:
-                return WorkflowResult(
-                    WorkflowState.COMPLETED, self._decode_output(meta)
-                )
-            if meta.state == WorkflowState.FAILED:
-                raise WorkflowFailedError(self.workflow_id, meta.error or UNKNOWN_ERROR)
+            finished = final_outcome(self.workflow_id, meta, history.keys.meta)
+            if finished is not None:
+                return finished
             # a rollback that did not finish: replay to find the handlers, then go on
             self.rolling_back = meta.state == WorkflowState.ROLLING_BACK
             input_value = (
@@ -235,11 +247,6 @@ class Run:
         if self._write_error is not None:
             raise self._write_error  # aborted: it lost its workflow to another owner
         raise WorkflowCancelledError(self.workflow_id)
-
-    def _decode_output(self, meta: WorkflowMeta) -> object:
-        if meta.output is None:
-            return None
-        return load_value(meta.output, self.history.keys.meta)
 
     async def _complete(self, output: object) -> WorkflowResult:
         try:
