@@ -5,6 +5,7 @@ import typing
 
 from ._clock import Clock, SystemClock
 from ._drivers import Alarm, Batch, Driver, LevelDBDriver, MemoryDriver, Subscription
+from ._engine._branches import BranchGroup
 from ._engine._context import WorkflowContext, WorkflowQueue
 from ._engine._rollback import RollbackContext
 from ._errors import (
@@ -74,6 +75,7 @@ __all__ = [
     "DEFAULT_STEP_TIMEOUT",
     "Alarm",
     "Batch",
+    "BranchGroup",
     "Clock",
     "CorruptRecordError",
     "CriticalError",

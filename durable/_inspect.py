@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from ._codec import load_value
-from ._engine._branches import BRANCH, RACE
+from ._engine._branches import BRANCH, GROUP, NEXT, ORDER_MARK, RACE
 from ._engine._loops import LOOP
 from ._engine._queue import MESSAGE
 from ._errors import UnknownWorkflowError
@@ -77,9 +77,10 @@ class HistoryNode:
     """One recorded entry of a workflow, with the entries recorded inside it.
 
     ``kind`` is the entry kind (``step``, ``sleep``, ``message``, ``send``,
-    ``join``, ``race``, ``branch``, ``loop``, ``try``, ``version``,
-    ``removed``, ``rollback_checkpoint``) or ``iteration`` for one kept loop
-    iteration (``name`` is then the iteration number).
+    ``join``, ``race``, ``group``, ``branch``, ``loop``, ``try``, ``version``,
+    ``removed``, ``rollback_checkpoint``), ``next`` for a group's record that
+    branch ``name`` was returned next (after its branches, in that order), or
+    ``iteration`` for one kept loop iteration (``name`` is then its number).
     """
 
     kind: str
@@ -243,7 +244,9 @@ class _Tree:
         # parents sort before their children, so each parent exists when needed
         for location in sorted(self.history.entries):
             entry = self.history.entries[location].full()
-            node = _Node(entry.kind, self._name(entry), entry, entry.seq)
+            # a group lists its branches in start order, then its finishing order
+            order = entry.seq + (1 << 40 if entry.kind == NEXT else 0)
+            node = _Node(entry.kind, self._name(entry), entry, order)
             self._parent(location, entry).children[location] = node
             self.nodes[location] = node
         return self._freeze(self.root).children
@@ -258,6 +261,10 @@ class _Tree:
         parent = self.nodes.get(scope)
         if parent is not None:
             return parent
+        if scope.endswith(ORDER_MARK):  # a group's finishing order: under the group
+            group = self.nodes.get(scope[: -len(ORDER_MARK)])
+            if group is not None and group.kind == GROUP:
+                return group
         parts = decode_key(scope)
         marker = parts[-1] if parts else None
         if not isinstance(marker, tuple) or not marker:
@@ -306,7 +313,7 @@ def _details(entry: Entry) -> tuple[float | None, object]:
     """``(until, output)`` of an entry, decoded from its kind-specific data."""
     data = entry.data
     kind = entry.kind
-    if kind in (STEP, BRANCH) and isinstance(data, bytes):
+    if kind in (STEP, BRANCH, GROUP) and isinstance(data, bytes):
         return None, load_value(data, entry.location)
     if kind == SLEEP and isinstance(data, int | float):
         return float(data), None

@@ -481,11 +481,12 @@ class Worker:
             workflow.fn,
             None,
             self.driver,
-            mode="yield",
+            mode="live" if workflow.live else "yield",
             clock=self._clock,
             on_error=self._on_error,
             workflow_name=workflow.name,
         )
+        run.evict_when_idle = workflow.live
         if self.lease is not None:
             lease = await self._take_lease(workflow_id, self.lease)
             if lease is None:

@@ -35,6 +35,7 @@ class Workflow:
 
     name: str
     fn: WorkflowFn = attrs.field(repr=False)
+    live: bool = False  # a worker keeps it in memory while any of its tasks runs
 
     def __call__(self, ctx: WorkflowContext, input: object) -> Awaitable[object]:
         return self.fn(ctx, input)
@@ -44,15 +45,26 @@ class Workflow:
 def workflow(fn: AnyWorkflowFn[InputT], /) -> Workflow: ...
 @overload
 def workflow(
-    *, name: str | None = None
+    *, name: str | None = None, live: bool = False
 ) -> Callable[[AnyWorkflowFn[InputT]], Workflow]: ...
 def workflow(
-    fn: AnyWorkflowFn[InputT] | None = None, /, *, name: str | None = None
+    fn: AnyWorkflowFn[InputT] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    live: bool = False,
 ) -> Workflow | Callable[[AnyWorkflowFn[InputT]], Workflow]:
     """Name a workflow function (``@durable.workflow`` or ``@durable.workflow(name=...)``).
 
     The name defaults to the function's ``__name__``. Choose it once: stored
     workflows find their code by it.
+
+    A `Worker` runs workflows in yield mode: each long wait stores the workflow
+    and a later run replays its history. With ``live=True`` it runs it in live
+    mode instead: a task's wait stays in memory while any other task of the
+    workflow runs, and only once every task waits does the workflow leave memory.
+    Use it for coordinators whose branches wait often (``ctx.group`` drivers):
+    their history is replayed once per idle spell, not once per wait.
 
     Example:
         @durable.workflow(name="order")
@@ -66,7 +78,7 @@ def workflow(
         if not isinstance(chosen, str) or not chosen:
             raise ValueError(f"a workflow name must be a non-empty str, not {chosen!r}")
         # the stored input is whatever the caller passed; the function declares it
-        return Workflow(chosen, cast("WorkflowFn", fn))
+        return Workflow(chosen, cast("WorkflowFn", fn), live)
 
     if fn is not None:
         return wrap(fn)

@@ -17,7 +17,7 @@ branch task, every other outcome is collected and settled in branch order.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import attrs
@@ -49,6 +49,10 @@ BranchFn = Callable[["WorkflowContext"], Awaitable[object]]
 MakeContext = Callable[[Scope], "WorkflowContext"]
 
 
+class _EndsBranches(Protocol):
+    def branch_ended(self) -> None: ...
+
+
 @attrs.define
 class _Outcome:
     value: object = None
@@ -64,7 +68,7 @@ async def _run_branch(
     fn: BranchFn,
     make_context: MakeContext,
     what: str,
-    running: _Running,
+    running: _EndsBranches,
 ) -> _Outcome:
     run = scope.run
     if entry.status == COMPLETED:
@@ -163,6 +167,7 @@ class _Running:
         self.left -= 1
         if self.left:
             self.run.tasks -= 1
+            self.run.tasks_changed()
 
 
 def _raise_signals(outcomes: Mapping[str, _Outcome]) -> None:
@@ -304,3 +309,227 @@ async def race(
     run.record(entry)
     await run.flush()
     raise RaceError(name, errors)
+
+
+GROUP: Final = "group"
+NEXT: Final = "next"
+# A group's consumption order lives in a scope of its own beside its branches: the
+# empty nested tuple, a marker no name index encodes, so it never meets a branch.
+ORDER_MARK: Final = b"\x05\x00"
+
+GroupBody = Callable[["BranchGroup"], Awaitable[object]]
+
+
+class BranchGroup:
+    """``ctx.group``: branches started while others run, finished ones taken in order.
+
+    `start` begins a branch (its own history scope, named by the caller); `next`
+    returns the next finished branch. The order in which `next` hands branches out
+    is recorded, so a replay hands them out in the same order however fast they
+    replay: code that decides what to start from what finished stays deterministic.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_inner",
+        "_make_context",
+        "_name",
+        "_order",
+        "_outcomes",
+        "_running",
+        "_taken",
+        "_task_group",
+        "_unfinished",
+        "_waiting",
+    )
+
+    def __init__(
+        self,
+        inner: Scope,
+        order: Scope,
+        name: str,
+        make_context: MakeContext,
+        task_group: anyio.abc.TaskGroup,
+    ) -> None:
+        self._inner = inner
+        self._order = order
+        self._name = name
+        self._make_context = make_context
+        self._task_group = task_group
+        self._outcomes: dict[str, _Outcome] = {}  # ended, not handed out yet
+        self._running: set[str] = set()  # started, not ended
+        self._unfinished: list[str] = []  # ended or not, not handed out; start order
+        self._taken = 0
+        self._changed = anyio.Event()
+        self._waiting = False  # the body waits in next(), not counted in run.tasks
+
+    @property
+    def pending(self) -> int:
+        """Branches started and not yet returned by `next`."""
+        return len(self._unfinished)
+
+    def start(self, name: str, fn: BranchFn) -> None:
+        """Start branch *name* running ``await fn(ctx)`` in its own scope.
+
+        A branch that finished in an earlier run is not run again: its recorded
+        value waits for `next`.
+        """
+        if not callable(fn):
+            raise TypeError(f"group {self._name!r}: branch {name!r} needs a function")
+        inner = self._inner
+        entry, _ = inner.begin(name, BRANCH)
+        run = inner.run
+        if entry.status == PENDING:
+            run.record(entry)
+        self._unfinished.append(name)
+        if entry.status == COMPLETED and not run.rolling_back:
+            self._outcomes[name] = _Outcome(
+                load_value(entry.data, entry.location),  # type: ignore[arg-type]
+                done=True,
+            )
+            return
+        self._running.add(name)
+        run.tasks += 1
+        self._task_group.start_soon(self._run, name, entry, fn)
+
+    async def _run(self, name: str, entry: Entry, fn: BranchFn) -> None:
+        what = f"group {self._name!r}"
+        run = self._inner.run
+        try:
+            outcome = await _run_branch(
+                self._inner, entry, name, fn, self._make_context, what, self
+            )
+        finally:
+            self._running.discard(name)
+        self._outcomes[name] = outcome
+        if self._waiting:  # the body wakes up: it counts as running from now on
+            self._waiting = False
+            run.tasks += 1
+            self._changed.set()
+        else:
+            run.tasks_changed()
+
+    def branch_ended(self) -> None:
+        """Called by `_run_branch` as a branch task stops running workflow code."""
+        self._inner.run.tasks -= 1
+
+    async def next(self) -> tuple[str, object]:
+        """Wait for a started branch to finish; return ``(name, value)``.
+
+        Branches come in the recorded order on replay, else in the order they
+        finish. A branch that raised re-raises here (its failure is recorded).
+
+        Raises:
+            RuntimeError: no started branch is left to wait for.
+        """
+        if not self._unfinished:
+            raise RuntimeError(f"group {self._name!r}: next() with no branch left")
+        order = self._order
+        run = order.run
+        recorded = None
+        if run.history.loaded:
+            recorded = run.history.by_seq.get((order.location, self._taken))
+        if recorded is not None:
+            name = run.history.names[recorded.name_index]
+            if name not in self._unfinished:
+                raise order.refuse(
+                    HistoryDivergedError(
+                        run.workflow_id,
+                        order.describe(),
+                        expected=f"branch {name!r} to be the next to finish",
+                        found=f"no started branch {name!r} left to return",
+                    )
+                )
+            name = await self._wait_for(lambda: self._ended(name))
+        else:
+            name = await self._wait_for(self._first_ended)
+        outcome = self._outcomes.pop(name)
+        entry, fresh = order.begin(name, NEXT)
+        if fresh:
+            entry.status = COMPLETED
+            entry.finished_at = run.clock.now()
+            run.record(entry)
+        self._unfinished.remove(name)
+        self._taken += 1
+        if outcome.error is not None:
+            raise outcome.error
+        return name, outcome.value
+
+    def _ended(self, name: str) -> str | None:
+        """*name* once it ended; a branch stopped by a signal stops the group."""
+        outcome = self._outcomes.get(name)
+        if outcome is None:
+            return None
+        if outcome.signal is not None:
+            self._settle()
+            return None
+        return name
+
+    def _first_ended(self) -> str | None:
+        """The first started branch that finished, if any."""
+        for name in self._unfinished:
+            outcome = self._outcomes.get(name)
+            if outcome is not None and outcome.signal is None:
+                return name
+        self._settle()
+        return None
+
+    def _settle(self) -> None:
+        """Once no branch runs, re-raise what stopped the stopped ones, merged."""
+        if not self._running:
+            _raise_signals({n: o for n, o in self._outcomes.items() if o.signal})
+
+    async def _wait_for(self, ready: Callable[[], str | None]) -> str:
+        """Wait (not counted as a running task) until *ready* names an ended branch.
+
+        The branch that ends a wait hands its task count to the body (see `_run`),
+        so the run never looks idle while the body is about to go on.
+        """
+        run = self._inner.run
+        try:
+            while (name := ready()) is None:
+                run.tasks -= 1  # waiting on branches is not running workflow code
+                self._waiting = True
+                run.tasks_changed()
+                self._changed = anyio.Event()
+                await self._changed.wait()
+            return name
+        finally:
+            if self._waiting:  # left by an exception, not woken by a branch
+                self._waiting = False
+                run.tasks += 1
+
+
+async def group(
+    scope: Scope,
+    entry: Entry,
+    name: str,
+    body: GroupBody,
+    make_context: MakeContext,
+) -> object:
+    """Run ``await body(group)``; branches still running when it returns are cancelled."""
+    run = scope.run
+    if entry.status == PENDING:
+        run.record(entry)
+    inner = Scope(run, entry.location)
+    order = Scope(run, entry.location + ORDER_MARK)
+    error: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        branches = BranchGroup(inner, order, name, make_context, tg)
+        try:
+            value = await body(branches)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # re-raised unwrapped below
+            error = (
+                exc  # signals too: raised from the task group, they would be grouped
+            )
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    entry.data, value = store_value(value, f"group {name!r}")
+    entry.status = COMPLETED
+    entry.finished_at = run.clock.now()
+    run.record(entry)
+    await run.flush()
+    return value

@@ -40,6 +40,7 @@ from . import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 
+    from ._branches import BranchGroup
     from ._scope import Scope
 
 T = TypeVar("T")
@@ -389,6 +390,29 @@ class WorkflowContext:
         return scope.track(
             f"join {name!r}",
             _branches.join(scope, entry, name, branches, WorkflowContext),  # type: ignore[arg-type]
+        )
+
+    def group(
+        self,
+        name: str,
+        body: Callable[[BranchGroup], Awaitable[T]],
+    ) -> Awaitable[T]:
+        """Run ``await body(group)``, which starts branches as it goes; return its value.
+
+        ``group.start(branch, fn)`` runs ``await fn(ctx)`` in its own history scope
+        while the body goes on; ``await group.next()`` returns ``(branch, value)``
+        of the next one to finish. That order is recorded, so a replay sees the
+        branches finish in the same order and the body (which must be
+        deterministic, like all workflow code) starts the same ones. Branches still
+        running when the body returns are cancelled.
+        """
+        if not callable(body):
+            raise TypeError(f"group {name!r}: body must be an async function (group)")
+        scope = self._scope
+        entry, _ = scope.begin(name, _branches.GROUP)
+        return scope.track(
+            f"group {name!r}",
+            _branches.group(scope, entry, name, body, WorkflowContext),  # type: ignore[arg-type]
         )
 
     def race(

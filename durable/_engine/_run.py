@@ -133,6 +133,8 @@ class Run:
         self._flush_lock = _WriteGate()
         self._wake = anyio.Event()
         self.tasks = 1  # tasks running workflow code (branches add theirs)
+        # live mode under a worker: once every task waits, leave memory as yield does
+        self.evict_when_idle = False
         self.checkpointed = False  # a rollback checkpoint was reached
         self.compensations: list[Compensation] = []
         self.rolling_back = False  # replaying only to find rollback handlers
@@ -496,7 +498,9 @@ class Run:
         token = object()
         self._waits[token] = (deadline, waiting_for)
         try:
-            if len(self._waits) == self.tasks:  # every branch waits: the run sleeps
+            if len(self._waits) == self.tasks and self.evict_when_idle:
+                self.evict()  # every task waits: store the run, free its memory
+            elif len(self._waits) == self.tasks:  # every branch waits: the run sleeps
                 until, names = merge_waits(self._waits.values())
                 self._set_state(
                     WorkflowState.SLEEPING, alarm=until, until=until, waiting_for=names
@@ -507,6 +511,11 @@ class Run:
             del self._waits[token]
         if self._require_meta().state == WorkflowState.SLEEPING:
             self._set_state(WorkflowState.RUNNING, alarm=self._alarm_while_running())
+
+    def tasks_changed(self) -> None:
+        """A task stopped running workflow code: leave memory if all others wait."""
+        if self.evict_when_idle and 0 < self.tasks == len(self._waits):
+            self.evict()
 
     async def _wait_in_memory(
         self, deadline: float | None, waiting_for: tuple[str, ...] | None

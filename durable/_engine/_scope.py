@@ -160,7 +160,7 @@ class Scope:
         if not isinstance(name, str):
             raise TypeError(f"a {kind} name must be a str, not {type(name).__name__}")
         if name in self._names:
-            raise self._refuse(
+            raise self.refuse(
                 HistoryDivergedError(
                     run.workflow_id,
                     self.describe(),
@@ -231,13 +231,13 @@ class Scope:
         if isinstance(description, tuple):  # (kind, name): formatted only when needed
             description = f"{description[0]} {description[1]!r}"
         self.abandon()
-        raise self._refuse(
+        raise self.refuse(
             EntryInProgressError(self.run.workflow_id, description, called)
         )
 
     def _diverged(self, recorded: Entry, found: str) -> HistoryDivergedError:
         name = self.run.history.names[recorded.name_index]
-        return self._refuse(
+        return self.refuse(
             HistoryDivergedError(
                 self.run.workflow_id,
                 f"{self.describe()}, call #{recorded.seq + 1}",
@@ -246,7 +246,7 @@ class Scope:
             )
         )
 
-    def _refuse(self, error: E) -> E:
+    def refuse(self, error: E) -> E:
         """Make *error* the run's outcome, even if the workflow code catches it."""
         if self.run.refused is None:
             self.run.refused = error
