@@ -16,6 +16,7 @@ branch task, every other outcome is collected and settled in branch order.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -331,6 +332,7 @@ class BranchGroup:
 
     __slots__ = (
         "_changed",
+        "_ended",
         "_inner",
         "_make_context",
         "_name",
@@ -358,7 +360,8 @@ class BranchGroup:
         self._task_group = task_group
         self._outcomes: dict[str, _Outcome] = {}  # ended, not handed out yet
         self._running: set[str] = set()  # started, not ended
-        self._unfinished: list[str] = []  # ended or not, not handed out; start order
+        self._unfinished: dict[str, None] = {}  # started, not handed out (a set)
+        self._ended: deque[str] = deque()  # finished (no signal), in finishing order
         self._taken = 0
         self._changed = anyio.Event()
         self._waiting = False  # the body waits in next(), not counted in run.tasks
@@ -381,12 +384,13 @@ class BranchGroup:
         run = inner.run
         if entry.status == PENDING:
             run.record(entry)
-        self._unfinished.append(name)
+        self._unfinished[name] = None
         if entry.status == COMPLETED and not run.rolling_back:
             self._outcomes[name] = _Outcome(
                 load_value(entry.data, entry.location),  # type: ignore[arg-type]
                 done=True,
             )
+            self._ended.append(name)
             return
         self._running.add(name)
         run.tasks += 1
@@ -402,6 +406,8 @@ class BranchGroup:
         finally:
             self._running.discard(name)
         self._outcomes[name] = outcome
+        if outcome.signal is None:
+            self._ended.append(name)
         if self._waiting:  # the body wakes up: it counts as running from now on
             self._waiting = False
             run.tasks += 1
@@ -440,7 +446,7 @@ class BranchGroup:
                         found=f"no started branch {name!r} left to return",
                     )
                 )
-            name = await self._wait_for(lambda: self._ended(name))
+            name = await self._wait_for(lambda: self._recorded_ended(name))
         else:
             name = await self._wait_for(self._first_ended)
         outcome = self._outcomes.pop(name)
@@ -449,13 +455,13 @@ class BranchGroup:
             entry.status = COMPLETED
             entry.finished_at = run.clock.now()
             run.record(entry)
-        self._unfinished.remove(name)
+        del self._unfinished[name]
         self._taken += 1
         if outcome.error is not None:
             raise outcome.error
         return name, outcome.value
 
-    def _ended(self, name: str) -> str | None:
+    def _recorded_ended(self, name: str) -> str | None:
         """*name* once it ended; a branch stopped by a signal stops the group."""
         outcome = self._outcomes.get(name)
         if outcome is None:
@@ -466,11 +472,13 @@ class BranchGroup:
         return name
 
     def _first_ended(self) -> str | None:
-        """The first started branch that finished, if any."""
-        for name in self._unfinished:
-            outcome = self._outcomes.get(name)
-            if outcome is not None and outcome.signal is None:
+        """The started branch that finished first and was not handed out, if any."""
+        ended = self._ended
+        while ended:
+            name = ended[0]
+            if name in self._outcomes:  # else a replay handed it out by name
                 return name
+            ended.popleft()
         self._settle()
         return None
 
