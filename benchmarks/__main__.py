@@ -9,6 +9,7 @@ taken in one run, never absolute times.
     python -m benchmarks --driver memory --sync
     python -m benchmarks --driver leveldb,postgres --only W0,W1,W3,W6
     python -m benchmarks --driver postgres --only W3w --workers 1,2,4
+    python -m benchmarks --only WD --n 4000   # a DAG run of 40,002 steps
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import anyio.to_thread
 import plyvel
 
 import durable
+from durable import dag
 
 from . import postgres, scaling
 
@@ -444,6 +446,111 @@ async def w7(bench: Bench) -> dict[str, Any]:
             "small": small,
             "small_seconds": times[small],
             "replays": 5,
+        },
+    }
+
+
+WD_GRANDCHILDREN = 9  # per child: the run has 1 + n + 9 n + 1 = 10 n + 2 steps
+WD_WORKERS = 64  # max_workers of queue "work", which every WD step is on
+WD_POLL = 0.005  # seconds between two looks at the run's workflow state
+
+
+def wd_runtime(driver: durable.Driver, n: int, executed: list[str]) -> dag.Runtime:
+    """A runtime with WD's package ``bench-dag``; *executed* gets each step's id."""
+    runtime = dag.Runtime(
+        driver, queues={"work": dag.QueuePolicy(max_workers=WD_WORKERS)}
+    )
+
+    @runtime.executor("bench/root")
+    def root(step: dag.StepContext) -> int:
+        executed.append(step.step_id)
+        children = [
+            step.emit(f"c{i}", i, kind="bench/child", queue="work") for i in range(n)
+        ]
+        step.emit("fanin", None, kind="bench/fanin", queue="work", depends_on=children)
+        return 0
+
+    @runtime.executor("bench/child")
+    def child(step: dag.StepContext) -> int:
+        executed.append(step.step_id)
+        for j in range(WD_GRANDCHILDREN):
+            step.emit(f"{step.step_id}.{j}", None, kind="bench/leaf", queue="work")
+        return 1
+
+    @runtime.executor("bench/leaf")
+    def leaf(step: dag.StepContext) -> int:
+        executed.append(step.step_id)
+        return 2
+
+    @runtime.executor("bench/fanin")
+    def fanin(step: dag.StepContext) -> int:
+        executed.append(step.step_id)
+        return 3
+
+    def entrypoint(run: dag.RunBuilder, _: object) -> None:
+        run.step("root", None, kind="bench/root", queue="work")
+
+    runtime.register_package(dag.package("bench-dag").entrypoint(entrypoint).build())
+    return runtime
+
+
+@workload("WD")
+async def wd(bench: Bench) -> dict[str, Any]:
+    """DAG: one run of 10 n + 2 steps on a `durable.dag.Runtime` serving it (workers).
+
+    The entrypoint adds a root step; the root emits n children and a fan-in step
+    that depends on all of them; each child emits 9 grandchildren. Every executor
+    returns a small int; every step is on queue "work" (64 at once). The figure is
+    steps/s from `start_run` until the run's workflow completed. That is found by
+    listing the workflow (O(1) a look), not by `Runtime.wait_run`, each poll of
+    which folds the whole history of the run; ``extra.read_seconds`` is one such
+    read (`Runtime.get_run`) of the finished run, not timed in the figure.
+    """
+    n = bench.n(1000)
+    steps = 1 + n + n * WD_GRANDCHILDREN + 1
+    executed: list[str] = []
+    async with bench.driver() as driver:
+        runtime = wd_runtime(driver, n, executed)
+        async with runtime:
+            started = time.perf_counter()
+            handle = await runtime.start_run("bench-dag", None, run_id="wd")
+            while True:
+                [summary] = (
+                    await durable.list_workflows(
+                        driver=driver, name=dag.RUN_WORKFLOW, limit=1
+                    )
+                ).workflows
+                # a run that succeeded completes; a failed one waits for an operator
+                state = summary.state
+                if state.is_final or state == durable.WorkflowState.SLEEPING:
+                    break
+                await anyio.sleep(WD_POLL)
+            seconds = time.perf_counter() - started
+        read = time.perf_counter()
+        run = await runtime.get_run(handle.id)
+        read_seconds = time.perf_counter() - read
+    if run.status != dag.RunStatus.SUCCEEDED or len(run.steps) != steps:
+        raise RuntimeError(
+            f"WD: the run is {run.status.value} with {len(run.steps)} steps, "
+            f"not succeeded with {steps}"
+        )
+    if len(executed) != steps or len(set(executed)) != steps:
+        raise RuntimeError(
+            f"WD: {len(executed)} executions of {len(set(executed))} steps, not "
+            f"one each of {steps}"
+        )
+    return {
+        "n": n,
+        "seconds": seconds,
+        "per_sec_override": steps / seconds,
+        "extra": {
+            "steps": steps,
+            "status": run.status.value,
+            "executed": len(executed),
+            "children": n,
+            "grandchildren_each": WD_GRANDCHILDREN,
+            "max_workers": WD_WORKERS,
+            "read_seconds": round(read_seconds, 6),
         },
     }
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W5p", "W6", "WH", "W7"]
+WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W5p", "W6", "WH", "W7", "WD"]
 
 
 def run_suite(*args: str) -> list[dict[str, Any]]:
@@ -55,6 +55,27 @@ def test_every_workload_prints_one_json_line_of_the_spec(driver: str) -> None:
     assert by_name["W2"]["extra"]["executed"] == 0
     assert by_name["W1"]["extra"]["executed"] == 20
     assert by_name["W0"]["driver"] == "leveldb"
+    assert_wd_ran_every_step_once(by_name["WD"], 20)
+
+
+def assert_wd_ran_every_step_once(line: dict[str, Any], n: int) -> None:
+    """WD's run succeeded with 10 n + 2 steps, each executed once (the suite checks
+    the ids too)."""
+    extra = line["extra"]
+    assert line["n"] == n
+    assert extra["status"] == "succeeded"
+    assert extra["steps"] == extra["executed"] == 10 * n + 2
+    assert extra["read_seconds"] > 0
+    # per_sec is steps/s, not n/s
+    assert line["per_sec"] == pytest.approx(extra["steps"] / line["seconds"], rel=0.01)
+
+
+def test_wd_runs_a_dag_of_10_n_steps_alone_on_trio() -> None:
+    [line] = run_suite("--only", "wd", "--n", "30", "--backend", "trio")
+    assert line["workload"] == "WD"
+    assert_wd_ran_every_step_once(line, 30)
+    assert line["extra"]["children"] == 30
+    assert line["extra"]["grandchildren_each"] == 9
 
 
 def test_only_and_sync_select_workloads_and_durability() -> None:
@@ -109,6 +130,7 @@ def test_every_single_process_workload_runs_on_postgres(postgres_dsn: str) -> No
     assert by_name["W1"]["extra"]["executed"] == 20
     assert by_name["W2"]["extra"]["executed"] == 0
     assert by_name["W0"]["n"] >= 20  # W1's batches, replayed raw through psycopg
+    assert_wd_ran_every_step_once(by_name["WD"], 20)
     assert stores_left_by(postgres_dsn, pid) == []
 
 
