@@ -229,9 +229,9 @@ class Graph:
         node.outcome = outcome
         self._set(node, status)
 
-    def retry(self, step_id: str) -> bool:
+    def retry(self, step_id: object) -> bool:
         """Start *step_id* again if it failed; its cancelled dependents revive."""
-        node = self.nodes.get(step_id)
+        node = self.nodes.get(step_id) if isinstance(step_id, str) else None
         if node is None or node.status != StepStatus.FAILED:
             return False
         node.rounds += 1

@@ -7,6 +7,7 @@ face. `StepSpec.to_plain` / `from_plain` and `Outcome` define the stored shapes.
 from __future__ import annotations
 
 import enum
+import json
 import math
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -253,8 +254,6 @@ class Artifact:
         """The stored artifact this one points to, if it is a reference."""
         if self.kind != REF_KIND:
             return None
-        import json
-
         return ArtifactRef.from_json(json.loads(self.body))
 
 

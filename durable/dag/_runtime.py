@@ -38,6 +38,7 @@ from ._errors import (
     MISSING_EXECUTOR,
     PROJECTION_ERROR,
     GraphError,
+    NotConfiguredError,
     RunExistsError,
     StepError,
     StepStateError,
@@ -470,8 +471,6 @@ class Runtime:
     def projection(self, name: str) -> Projection:
         """Projection *name* for queries (and writes outside any step)."""
         if self.projections is None:
-            from ._errors import NotConfiguredError
-
             raise NotConfiguredError(
                 "the runtime has no projection store; pass "
                 "projections=SQLiteProjectionStore(root) to Runtime"
@@ -507,14 +506,13 @@ class Runtime:
                 if name.startswith("op/"):
                     ops += 1
                     group.start(f"op/{ops}", _wait_for_op)
-                    if _is_retry(value) and graph.retry(value["step"]):  # type: ignore[index]
-                        node = graph.nodes[value["step"]]  # type: ignore[index]
-                        group.start(
-                            _branch(node.spec.id, node.rounds),
-                            self._execution(run_id, graph, node.spec, node.rounds),
-                        )
-                else:
-                    graph.finish(name.split("/", 2)[2], value)  # type: ignore[arg-type]
+                retried = _apply(graph, name, value)
+                if retried is not None:
+                    node = graph.nodes[retried]
+                    group.start(
+                        _branch(retried, node.rounds),
+                        self._execution(run_id, graph, node.spec, node.rounds),
+                    )
                 self._start_ready(group, run_id, graph)
             return {"status": RunStatus.SUCCEEDED.value, "steps": len(graph.nodes)}
 
@@ -635,8 +633,19 @@ async def _wait_for_op(ctx: durable.WorkflowContext) -> object:
     return (await ctx.queue.next("op", names=[OP_MESSAGE]))[0]
 
 
-def _is_retry(op: object) -> bool:
-    return isinstance(op, Mapping) and op.get("op") == "retry" and "step" in op
+def _apply(graph: Graph, branch: str, value: Any) -> str | None:
+    """Feed *graph* the branch that finished; return a step to run again, if any.
+
+    The run's workflow and `_fold` (reads) both apply events through here, in the
+    group's recorded order, so they see the same graph.
+    """
+    if not branch.startswith("op/"):
+        graph.finish(branch.split("/", 2)[2], value)
+        return None
+    retry = isinstance(value, Mapping) and value.get("op") == "retry"
+    if retry and graph.retry(value.get("step")):
+        return str(value["step"])
+    return None
 
 
 def _fold(
@@ -665,15 +674,9 @@ def _fold(
         if taken.kind != "next":
             continue
         branch = branches.get(taken.name)
-        if branch is None:
-            continue
-        if taken.name.startswith("op/"):
-            op = branch.output
-            if _is_retry(op):
-                graph.retry(op["step"])  # type: ignore[index]
-        else:
-            graph.finish(taken.name.split("/", 2)[2], branch.output)  # type: ignore[arg-type]
-        graph.take_ready()
+        if branch is not None:
+            _apply(graph, taken.name, branch.output)
+            graph.take_ready()
     return graph, latest
 
 
@@ -682,13 +685,11 @@ def _attempts(branch: durable.HistoryNode) -> int:
 
 
 def _backing_off(branch: durable.HistoryNode) -> bool:
-    return any(
-        n.kind == "sleep" and n.status != "completed" for n in branch.children
-    ) or any(
-        n.kind == "step"
-        and n.status == "completed"
-        and isinstance(n.output, Mapping)
-        and not n.output.get("ok")
-        and n is branch.children[-1]
-        for n in branch.children
-    )
+    """Whether the round's last record is a failed attempt or a retry wait not over."""
+    if not branch.children:
+        return False
+    last = branch.children[-1]
+    if last.kind == "sleep":
+        return last.status != "completed"
+    output = last.output
+    return isinstance(output, Mapping) and not output.get("ok")
