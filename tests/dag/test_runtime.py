@@ -15,6 +15,7 @@ from durable import dag
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 LIMIT = 10.0
@@ -708,3 +709,61 @@ class TestErrors:
 
 def _unused(fn: Callable[..., object]) -> None:  # keeps the import block honest
     del fn
+
+
+class TestProjectionsAcrossACrash:
+    async def test_writes_committed_before_a_crash_are_not_applied_again(
+        self, store: durable.MemoryDriver, tmp_path: Path
+    ) -> None:
+        """The process dies after the projection commit, before the step is recorded."""
+        executions: list[int] = []
+
+        class DyingSession:
+            """A real session whose first commit dies right after committing."""
+
+            def __init__(self, inner: dag.ProjectionSession) -> None:
+                self.inner = inner
+                self.execute = inner.execute
+                self.query = inner.query
+                self.rollback = inner.rollback
+
+            async def commit(self) -> bool:
+                applied = await self.inner.commit()
+                if projections.die:
+                    projections.die = False
+                    raise Crash
+                return applied
+
+        class DyingStore(dag.SQLiteProjectionStore):
+            die = True
+
+            def session(self, name: str, key: str) -> dag.ProjectionSession:
+                return DyingSession(super().session(name, key))  # type: ignore[return-value]
+
+        projections = DyingStore(tmp_path)
+
+        def make_runtime() -> dag.Runtime:
+            runtime = dag.Runtime(store, projections=projections)
+
+            @runtime.executor("index")
+            async def index(step: dag.StepContext) -> None:
+                executions.append(step.attempt)
+                db = step.projection("pages")
+                await db.execute("CREATE TABLE IF NOT EXISTS pages(n INTEGER)")
+                await db.execute("INSERT INTO pages VALUES (?)", (len(executions),))
+
+            runtime.register_package(graph_package("p", [("s", "index", [])]))
+            return runtime
+
+        runtime = make_runtime()
+        await runtime.start_run("p", run_id="r")
+        with pytest.raises(BaseException) as died:  # noqa: PT011 - checked
+            await runtime.run_once()
+        assert "Crash" in repr(died.value)  # bare or in a group
+        restarted = make_runtime()
+        await restarted.run_once()
+        assert executions == [1, 1]  # the step ran again: its record was lost
+        assert (await restarted.get_run("r")).status == dag.RunStatus.SUCCEEDED
+        rows = await restarted.projection("pages").query("SELECT n FROM pages")
+        assert rows == [{"n": 1}]  # the first execution's write, applied once
+        await restarted.close()
