@@ -188,7 +188,9 @@ class Graph:
             before.dependents.append((node, required))
             node.waiting += not _satisfied(before.status, required)
             node.blocked += _blocking(before.status, required)
-        self._settle([node])
+        status = _derived(node)
+        if status is not None:
+            self._set(node, status)
 
     # --- events ---------------------------------------------------------------------
 
@@ -277,12 +279,6 @@ class Graph:
                 target = _derived(dependent)
                 if target is not None and target != dependent.status:
                     work.append((dependent, target))
-
-    def _settle(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            target = _derived(node)
-            if target is not None:
-                self._set(node, target)
 
 
 def _derived(node: Node) -> StepStatus | None:

@@ -52,7 +52,6 @@ class Admission:
         self.default = default
         self._slots: dict[str, anyio.CapacityLimiter] = {}
         self._locks: dict[str, anyio.Lock] = {}
-        self.in_flight: dict[str, int] = {}
         self.serial: anyio.Lock | None = None  # run_once: one step at a time
 
     def policy(self, queue: str) -> QueuePolicy:
@@ -72,11 +71,7 @@ class Admission:
             await stack.enter_async_context(slots)
             if policy.rate is not None:
                 await self._take_token(queue, policy)
-            self.in_flight[queue] = self.in_flight.get(queue, 0) + 1
-            try:
-                yield
-            finally:
-                self.in_flight[queue] -= 1
+            yield
 
     async def _take_token(self, queue: str, policy: QueuePolicy) -> None:
         rate = policy.rate or 1.0  # only called for queues with a rate
@@ -86,8 +81,7 @@ class Admission:
             while True:
                 raw = await self.driver.get(key)
                 now = self.clock.now()
-                tokens, at = _load_bucket(raw, policy.capacity, now)
-                tokens = min(policy.capacity, tokens + max(0.0, now - at) * rate)
+                tokens = _tokens(raw, policy, now)
                 wake = now + (1 - tokens) / rate
                 # epoch floats resolve ~0.2 µs: a refill can land a hair short of a
                 # token with no later instant to wait for; that counts as a token
@@ -109,17 +103,20 @@ class Admission:
         if policy.rate is None:
             return None
         raw = await self.driver.get(BUCKET_PREFIX + queue.encode())
-        now = self.clock.now()
-        tokens, at = _load_bucket(raw, policy.capacity, now)
-        return min(policy.capacity, tokens + max(0.0, now - at) * policy.rate)
+        return _tokens(raw, policy, self.clock.now())
 
 
-def _load_bucket(raw: bytes | None, capacity: int, now: float) -> tuple[float, float]:
-    """``(tokens, at)`` of a stored bucket; a missing or unreadable one is full."""
+def _tokens(raw: bytes | None, policy: QueuePolicy, now: float) -> float:
+    """Tokens in a stored bucket at *now*, refilled since its last spend.
+
+    A missing or unreadable bucket is full (it is rewritten whole at the next spend).
+    """
     if raw is None:
-        return float(capacity), now
+        return float(policy.capacity)
     try:
         data = json.loads(raw)
-        return float(data["tokens"]), float(data["at"])
+        tokens, at = float(data["tokens"]), float(data["at"])
     except (ValueError, KeyError, TypeError):
-        return float(capacity), now  # rewritten whole at the next spend
+        return float(policy.capacity)
+    refill = max(0.0, now - at) * (policy.rate or 0.0)
+    return min(float(policy.capacity), tokens + refill)

@@ -233,16 +233,15 @@ class Runtime:
         return RunHandle(run_id, found.name, builder.run_name)
 
     async def _existing(self, run_id: str) -> Mapping[str, object] | None:
-        try:
-            info = await self._worker.handle(run_id).get_info()
-        except durable.UnknownWorkflowError:
+        info = await self._stored(run_id)
+        if info is None:
             return None
-        if info.name != RUN_WORKFLOW or not isinstance(info.input, Mapping):
+        if not _is_run(info):
             raise RunExistsError(
                 f"{run_id!r} is the id of a workflow that is not a DAG run; "
                 "choose another run id"
             )
-        return info.input
+        return info.input  # type: ignore[return-value]
 
     # --- driving runs -------------------------------------------------------------------
 
@@ -375,12 +374,8 @@ class Runtime:
         Raises:
             UnknownRunError: no such run.
         """
-        info = await self._info(run_id)
-        history = await self._worker.handle(run_id).get_history()
-        plan = info.input
-        if not isinstance(plan, Mapping):  # _info checked it; for the type checker
-            raise UnknownRunError(run_id)
-        graph, rounds = _fold(plan, history)
+        info, graph, rounds = await self._read(run_id)
+        plan: Any = info.input
         cancelled = info.state == durable.WorkflowState.CANCELLED
         steps = {}
         for step_id, node in graph.nodes.items():
@@ -420,8 +415,8 @@ class Runtime:
         run_status = graph.run_status()
         if cancelled and run_status != RunStatus.SUCCEEDED:
             run_status = RunStatus.CANCELLED
-        elif not history:
-            run_status = RunStatus.PENDING
+        elif info.state == durable.WorkflowState.PENDING and not rounds:
+            run_status = RunStatus.PENDING  # stored, not run yet
         return RunInfo(
             id=run_id,
             package=str(plan.get("package")),
@@ -439,9 +434,7 @@ class Runtime:
         Raises:
             UnknownRunError, UnknownStepError: no such run or step.
         """
-        info = await self._info(run_id)
-        history = await self._worker.handle(run_id).get_history()
-        graph, _ = _fold(info.input, history)  # type: ignore[arg-type]
+        _, graph, _ = await self._read(run_id)
         node = graph.nodes.get(step_id)
         if node is None:
             raise UnknownStepError(run_id, step_id)
@@ -481,14 +474,27 @@ class Runtime:
         """Tokens in *queue*'s bucket now (None: the queue has no rate limit)."""
         return await self.admission.tokens(queue)
 
-    async def _info(self, run_id: str) -> durable.WorkflowInfo:
+    async def _stored(self, run_id: str) -> durable.WorkflowInfo | None:
         try:
-            info = await self._worker.handle(run_id).get_info()
+            return await self._worker.handle(run_id).get_info()
         except durable.UnknownWorkflowError:
-            raise UnknownRunError(run_id) from None
-        if info.name != RUN_WORKFLOW or not isinstance(info.input, Mapping):
+            return None
+
+    async def _info(self, run_id: str) -> durable.WorkflowInfo:
+        """The workflow record of DAG run *run_id* (else `UnknownRunError`)."""
+        info = await self._stored(run_id)
+        if info is None or not _is_run(info):
             raise UnknownRunError(run_id)
         return info
+
+    async def _read(
+        self, run_id: str
+    ) -> tuple[durable.WorkflowInfo, Graph, dict[str, durable.HistoryNode]]:
+        """The run's record, and its graph folded from the stored history."""
+        info = await self._info(run_id)
+        history = await self._worker.handle(run_id).get_history()
+        graph, rounds = _fold(info.input, history)  # type: ignore[arg-type]
+        return info, graph, rounds
 
     # --- the run's workflow ---------------------------------------------------------------
 
@@ -631,6 +637,10 @@ class Runtime:
 
 async def _wait_for_op(ctx: durable.WorkflowContext) -> object:
     return (await ctx.queue.next("op", names=[OP_MESSAGE]))[0]
+
+
+def _is_run(info: durable.WorkflowInfo) -> bool:
+    return info.name == RUN_WORKFLOW and isinstance(info.input, Mapping)
 
 
 def _apply(graph: Graph, branch: str, value: Any) -> str | None:
