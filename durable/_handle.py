@@ -19,6 +19,7 @@ from ._drivers import Batch, Driver, LevelDBDriver
 from ._engine._queue import put_message
 from ._engine._run import ErrorHook, Mode, Run, WorkflowFn, active_run, final_outcome
 from ._errors import (
+    StorageError,
     UnknownWorkflowError,
     WorkflowBusyError,
     WorkflowCancelledError,
@@ -251,12 +252,22 @@ class WorkflowHandle:
         return self._outcome
 
     async def _wait_until_finished(self) -> WorkflowResult:
-        """A worker's handle: wait for a final state (every run notifies on one)."""
+        """A worker's handle: wait for a final state (every run notifies on one).
+
+        A store that fails meanwhile (a database restarting) is read again after a
+        pause, as the worker itself retries: the workflow goes on, so does the wait.
+        """
         async with self._open_driver() as driver:
             key = WorkflowKeys(self.workflow_id).meta
             with driver.subscribe(self.workflow_id) as subscription:
                 while True:
-                    meta = await self._load_meta(driver)
+                    try:
+                        meta = await self._load_meta(driver)
+                    except StorageError:
+                        await self._clock.sleep_until(
+                            self._clock.now() + max(driver.poll_interval, 0.1)
+                        )
+                        continue
                     finished = final_outcome(self.workflow_id, meta, key)
                     if finished is not None:
                         return finished

@@ -482,3 +482,41 @@ class _CountingDriver(durable.MemoryDriver):
         alarms = await super().list_alarms(until=until, limit=limit)
         self.alarms_read += len(alarms)
         return alarms
+
+
+class FlakyReads(durable.MemoryDriver):
+    """A memory store whose next *failures* point reads fail, as a restarting database."""
+
+    failures = 0
+
+    async def get(self, key: bytes) -> bytes | None:
+        if self.failures:
+            self.failures -= 1
+            raise durable.StorageError("the store is restarting")
+        return await super().get(key)
+
+
+async def test_a_worker_handle_waits_through_a_store_outage() -> None:
+    @durable.workflow(name="waits")
+    async def waits(ctx: durable.WorkflowContext, _: object) -> object:
+        return (await ctx.queue.next("go"))[0]
+
+    async with FlakyReads() as driver, durable.Worker(driver, [waits]) as worker:
+        handle = await worker.start("waits", "w", None)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                outcome: list[object] = []
+
+                async def wait() -> None:
+                    outcome.append((await handle.result()).output)
+
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                driver.failures = 2  # the waiter's next reads fail, then recover
+                wake = durable.Batch()
+                wake.notify("w")  # the waiter reads the workflow record again
+                await driver.write(wake)
+                while driver.failures:  # noqa: ASYNC110 - the driver has no event
+                    await anyio.sleep(0.01)
+                await handle.message("go", "done")
+        assert outcome == ["done"]
